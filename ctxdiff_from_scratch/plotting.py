@@ -1,0 +1,49 @@
+"""Figures shared by the notebooks, the demo and the CLI: one place for style, so nbval sees fixed figure sizes."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+FIGURE_DPI = 80
+
+
+def set_plot_style() -> None:
+    """Fix figure size, dpi and fonts once per notebook, so figures look the same on every machine."""
+    plt.rcParams.update({"figure.figsize": (8, 4), "figure.dpi": FIGURE_DPI, "savefig.dpi": FIGURE_DPI,
+                         "axes.titlesize": 9, "font.size": 9})
+
+
+def to_numpy_image(image: torch.Tensor):
+    """(3, H, W) float in [0, 1] -> (H, W, 3) numpy array for ``imshow``."""
+    return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (3, H, W) -> (H, W, 3)
+
+
+def show_row(axes: Sequence[plt.Axes], images: Sequence[torch.Tensor], titles: Sequence[str] = ()) -> None:
+    """Draw ``images`` on ``axes`` left to right; blank out any axes left over."""
+    titles = list(titles) + [""] * (len(axes) - len(titles))
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(to_numpy_image(images[i]), interpolation="nearest")
+            ax.set_title(titles[i])
+
+
+def episode_figure(episodes, max_k: int | None = None, row_labels: Sequence[str] | None = None) -> plt.Figure:
+    """One row per episode: query | context 1..k | target. Returns the figure (the caller shows or saves it)."""
+    max_k = max_k if max_k is not None else max(ep.k for ep in episodes)
+    cols = max_k + 2
+    fig, axes = plt.subplots(len(episodes), cols, figsize=(1.3 * cols, 1.45 * len(episodes)), squeeze=False)
+    for row, ep in enumerate(episodes):
+        images = [ep.query, *ep.context[:max_k], ep.target]
+        titles = ["query", *[f"context {i + 1}" for i in range(min(ep.k, max_k))], "target"]
+        show_row(axes[row, : len(images) - 1], images[:-1], titles[:-1])
+        for ax in axes[row, len(images) - 1 : -1]:
+            ax.axis("off")
+        show_row(axes[row, -1:], images[-1:], titles[-1:])
+        label = row_labels[row] if row_labels else ep.task
+        axes[row, 0].text(-0.15, 0.5, label, transform=axes[row, 0].transAxes, rotation=90,
+                          ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
