@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctxdiff_from_scratch.data.edges import canny
+from ctxdiff_from_scratch.data.edges import QUERY_CANNY, canny
 from ctxdiff_from_scratch.data.episode import collate_episodes
-from ctxdiff_from_scratch.data.shapes import (CANNY_HIGH, CANNY_LOW, CANNY_SIGMA, COLOURS, FORWARD_TASKS,
+from ctxdiff_from_scratch.data.shapes import (COLOURS, FORWARD_TASKS,
                                               HELD_OUT_CLASS_COLOURS, HELD_OUT_COLOUR_TEXTURES, MAP_PROMPTS,
                                               OUT_OF_DOMAIN_TASKS, REVERSE_TASKS, SEG_COLOURS, SHAPE_CLASSES, TASKS,
                                               TEXTURES, Layout, Shape, ShapesWorld, Style)
@@ -201,7 +201,7 @@ def test_out_of_domain_queries(train):
         assert not torch.equal(scribble, edge) and maps["sketch"][0].max() == 1.0  # white paper
     # canny2img's query is the Canny map of the styled target
     ep = train.episode(4, "canny2img", 1)
-    expected = canny(ep.target.permute(1, 2, 0).numpy(), sigma=CANNY_SIGMA, low=CANNY_LOW, high=CANNY_HIGH)
+    expected = canny(ep.target.permute(1, 2, 0).numpy(), **QUERY_CANNY)
     assert torch.equal(ep.query[0] > 0, torch.from_numpy(expected)) and expected.any()
 
 

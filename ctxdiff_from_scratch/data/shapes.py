@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .edges import canny
+from .edges import QUERY_CANNY, canny
 from .episode import Episode
 from .shapes_layout import (SEG_COLOURS, SHAPE_CLASSES, Layout, LayoutConfig, Raster, Shape, depth_map, edge_map,
                             gray_to_rgb, rasterize, sample_layout, scribble_map, seg_map, sketch_map)
@@ -58,9 +58,6 @@ MAP_PROMPTS = {"edge": "an edge map", "seg": "a segmentation map", "depth": "a d
 SPLITS = ("train", "test")
 MIN_SIZE = 16
 
-# Canny on the styled image: thresholds high enough that mostly shape boundaries survive, while strong texture and
-# background edges still leak through, as they do in real Canny maps (the thresholds are on edges.canny's scale).
-CANNY_SIGMA, CANNY_LOW, CANNY_HIGH = 1.0, 0.3, 0.6
 # Random streams are keyed by (seed, tag, split); tags 0..8 are the tasks, this one is for styled_image.
 _STYLED_IMAGE_TAG = len(TASKS)
 
@@ -200,7 +197,7 @@ class ShapesWorld:
         if kind == "img":
             return image
         if kind == "canny":
-            edges = canny(image.transpose(1, 2, 0), sigma=CANNY_SIGMA, low=CANNY_LOW, high=CANNY_HIGH)
+            edges = canny(image.transpose(1, 2, 0), **QUERY_CANNY)
             return gray_to_rgb(edges)  # (3, H, W) -> (H, W, 3) for canny, then (H, W) -> (3, H, W)
         if kind == "edge":
             return edge_map(raster)
