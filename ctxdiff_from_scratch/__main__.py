@@ -4,10 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Commands whose options live in their own module: the rest of argv is handed to that module's ``main``.
+# Commands whose options live in their own module: (module, entry function, help); the rest of argv goes to it.
 DELEGATED = {
-    "autoencoder": ("ctxdiff_from_scratch.train_autoencoder", "train the tiny autoencoder of a world"),
-    "encoders": ("ctxdiff_from_scratch.train_encoders", "train the CLIP-style text and image encoders of a world"),
+    "train": ("ctxdiff_from_scratch.train", "main", "train the denoiser (stage 1, stage 2 or joint) of a world"),
+    "sample": ("ctxdiff_from_scratch.evaluate", "main_sample", "generate images from a query and context images"),
+    "eval": ("ctxdiff_from_scratch.evaluate", "main_eval", "measure RMSE / glyph IoU on a test split (C+P, C, P)"),
+    "autoencoder": ("ctxdiff_from_scratch.train_autoencoder", "main", "train the tiny autoencoder of a world"),
+    "encoders": ("ctxdiff_from_scratch.train_encoders", "main",
+                 "train the CLIP-style text and image encoders of a world"),
 }
 
 
@@ -26,7 +30,7 @@ def _demo(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"demo": "write the demo figures to outputs/", **{k: v[1] for k, v in DELEGATED.items()}}
+    commands = {"demo": "write the demo figures to outputs/", **{k: v[2] for k, v in DELEGATED.items()}}
     usage = "\n".join(f"  {name:<12} {text}" for name, text in commands.items())
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: python -m ctxdiff_from_scratch <command> [options]\n\ncommands:\n{usage}\n\n"
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     elif command in DELEGATED:
         import importlib
 
-        importlib.import_module(DELEGATED[command][0]).main(rest)
+        module, function, _ = DELEGATED[command]
+        getattr(importlib.import_module(module), function)(rest)
     else:
         sys.exit(f"unknown command {command!r}; choose one of: {', '.join(commands)}.")
 

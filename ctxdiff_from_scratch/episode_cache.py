@@ -1,0 +1,185 @@
+"""A fixed pool of training episodes, pre-encoded once by the frozen parts, so training runs only the denoiser.
+
+Every term of paper Eq. 2 except the denoiser comes from frozen networks: the target latent z_0 = E(target) (the
+autoencoder), the visual tokens f(v_i) of each context image (the image encoder) and h^c (the text encoder). They do
+not change during training, so we compute them once for ``pool_size`` episodes and train on random batches of that
+pool (FACTS.md: this removes the encoders from the training loop).
+
+The pool holds one group per context size k (``k_choices``), ``pool_size // len(k_choices)`` episodes each, drawn
+with ``world.episode(seed, k=k)`` so that every group keeps the world's guarantees for that k (e.g. in ShapesWorld
+every shape class of the target appears somewhere in the k context images). Episode seeds are 0, 1, 2, ... spread
+over the groups, so no two episodes share a seed.
+
+Memory: targets as fp32 latents, queries as uint8 images (the worlds' images are 8-bit anyway), tokens as fp16.
+The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import collate_episodes
+from .model import Conditions, ContextDiffusionModel
+
+ENCODE_BATCH = 128  # episodes encoded per forward pass while building the pool
+
+
+@dataclass
+class EpisodeGroup:
+    """All pooled episodes with the same k. n = number of episodes.
+
+    latents:      (n, C, h, w) fp32   z_0 = E(target), scaled
+    queries:      (n, 3, H, W) uint8  the query images, value * 255
+    image_tokens: (n, k, N_v, D_v) fp16 one token sequence per context image
+    text_tokens:  (n, L, D_c) fp16 or None (no prompts in this world); text_mask (n, L) bool (False on "" prompts)
+    """
+
+    latents: torch.Tensor
+    queries: torch.Tensor
+    image_tokens: torch.Tensor
+    text_tokens: torch.Tensor | None
+    text_mask: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.image_tokens.shape[1]
+
+    def batch(self, index: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, Conditions]:
+        """Episodes ``index`` (B,) as (z_0 (B, C, h, w), Conditions) in fp32 on ``device``."""
+        image_tokens = self.image_tokens[index].to(device, torch.float32)  # (B, k, N_v, D_v)
+        context_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=device)  # (B, k): all real
+        text_tokens = text_mask = None
+        if self.text_tokens is not None:
+            text_tokens = self.text_tokens[index].to(device, torch.float32)
+            text_mask = self.text_mask[index].to(device)
+        query = self.queries[index].to(device, torch.float32) / 255.0
+        return self.latents[index].to(device), Conditions(text_tokens, text_mask, image_tokens, context_mask, query)
+
+
+class EpisodePool:
+    """Pre-encoded episodes, one :class:`EpisodeGroup` per k. Build with :meth:`build`, cache with :meth:`save`."""
+
+    def __init__(self, groups: dict[int, EpisodeGroup], key: dict):
+        self.groups, self.key = groups, key
+
+    @property
+    def k_choices(self) -> tuple[int, ...]:
+        return tuple(self.groups)
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups.values())
+
+    def nbytes(self) -> int:
+        tensors = [t for g in self.groups.values() for t in vars(g).values() if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @classmethod
+    def build(cls, model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...],
+              progress: bool = True) -> "EpisodePool":
+        """Draw ``pool_size`` train episodes of ``world`` and encode them with ``model``'s frozen parts."""
+        if pool_size < len(k_choices):
+            raise ValueError(f"pool_size={pool_size} is smaller than the number of k choices {k_choices}: every k "
+                             "needs at least one episode.")
+        per_group = pool_size // len(k_choices)
+        groups = {}
+        bar = tqdm(total=per_group * len(k_choices), desc="encoding episode pool", disable=not progress)
+        for j, k in enumerate(k_choices):
+            seeds = [i * len(k_choices) + j for i in range(per_group)]
+            chunks = [_encode_chunk(model, world, seeds[s:s + ENCODE_BATCH], k, bar)
+                      for s in range(0, per_group, ENCODE_BATCH)]
+            groups[k] = EpisodeGroup(*(None if chunks[0][i] is None else torch.cat([c[i] for c in chunks])
+                                       for i in range(5)))
+        bar.close()
+        return cls(_trim_text(groups), pool_key(model, world, pool_size, k_choices))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pool to one safetensors file; its key (what it was built from) goes into the metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"k{k}.{name}": value.contiguous() for k, group in self.groups.items()
+                   for name, value in vars(group).items() if value is not None}
+        save_file(tensors, str(path), metadata={"key": json.dumps(self.key, sort_keys=True)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, key: dict) -> "EpisodePool | None":
+        """The pool cached at ``path`` if it was built from the same ``key``, else None (rebuild it)."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            stored = json.loads((f.metadata() or {}).get("key", "{}"))
+        if stored != json.loads(json.dumps(key, sort_keys=True)):
+            return None
+        tensors = load_file(str(path))
+        groups = {}
+        for k in key["k_choices"]:
+            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask")
+            groups[k] = EpisodeGroup(*(tensors.get(f"k{k}.{name}") for name in fields))
+        return cls(groups, key)
+
+
+def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...]) -> dict:
+    """What a pool depends on: the world, its size, the k's, and a fingerprint of the frozen parts' weights."""
+    digest = hashlib.sha1()
+    for part in (model.autoencoder, model.image_encoder, model.text_encoder):
+        for name, tensor in ([] if part is None else sorted(part.state_dict().items())):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
+            "image_size": model.config.image_size, "parts_sha1": digest.hexdigest()}
+
+
+def load_or_build_pool(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...],
+                       cache: str | Path | None = None, progress: bool = True) -> EpisodePool:
+    """The pool cached at ``cache`` if it matches, else a freshly built one (written to ``cache`` when given)."""
+    if cache is not None:
+        pool = EpisodePool.load(cache, pool_key(model, world, pool_size, k_choices))
+        if pool is not None:
+            return pool
+    pool = EpisodePool.build(model, world, pool_size, k_choices, progress=progress)
+    if cache is not None:
+        pool.save(cache)
+    return pool
+
+
+@torch.no_grad()
+def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int, bar) -> tuple:
+    device = model.device
+    batch = collate_episodes([world.episode(seed, k=k) for seed in seeds]).to(device)
+    latents = model.encode_images(batch.target).float().cpu()
+    queries = (batch.query * 255).round().to(torch.uint8).cpu()
+    image_tokens = model.encode_context(batch.context, batch.context_mask).half().cpu()  # (n, k, N_v, D_v)
+    text_tokens = text_mask = None
+    if model.text_encoder is not None:
+        text = model.encode_prompts(batch.prompts, device)
+        if text is None:  # every prompt of this chunk is empty: zero tokens, all masked
+            length, dim = model.tokenizer.max_length, model.text_encoder.config.dim
+            text = (torch.zeros(len(seeds), length, dim), torch.zeros(len(seeds), length, dtype=torch.bool))
+        text_tokens, text_mask = text[0].half().cpu(), text[1].cpu()
+    bar.update(len(seeds))
+    return latents, queries, image_tokens, text_tokens, text_mask
+
+
+def _trim_text(groups: dict[int, EpisodeGroup]) -> dict[int, EpisodeGroup]:
+    """Drop trailing token positions that are padding in every pooled prompt (they are masked anyway)."""
+    masks = [g.text_mask for g in groups.values() if g.text_mask is not None]
+    if not masks:
+        return groups
+    used = torch.cat(masks).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    for group in groups.values():
+        group.text_tokens = group.text_tokens[:, :length].contiguous()  # (n, L, D) -> (n, L_used, D)
+        group.text_mask = group.text_mask[:, :length].contiguous()
+    return groups

@@ -1,0 +1,367 @@
+"""Evaluation in the paper's settings (Sec. 4), and the ``eval`` / ``sample`` commands.
+
+Four settings, as in the paper's ablations, always with the query:
+
+    C+P  visual context and prompt      C  context only      P  prompt only      none  neither
+
+Metrics, on the **test** split of a world:
+
+* RMSE to the ground-truth target, pixels in [0, 1], as Prompt Diffusion reports it: RMSE = sqrt(mean_i MSE_i), the
+  square root of the mean per-image mean squared error (so every image counts equally).
+* The trivial baseline "paint the context's mean colour" next to it: a model that only beats "none" may have learned
+  nothing the mean colour does not already give (FACTS.md).
+* GlyphWorld: mean glyph IoU of the ink (pixels darker than 0.5: glyphs are dark on white, see ``data/glyphs.py``)
+  against the trivial baseline of returning the query glyph, drawn in the reference font.
+* ``k_shot_scaling``: RMSE as the number of context images k grows.
+
+Every setting sees the same episodes and, batch by batch, the same starting noise, so the settings are compared on
+paired samples. Results are plain dicts (JSON-ready) and ``format_table`` prints them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Episode, GlyphWorld, ShapesWorld, collate_episodes
+from .data.shapes import FORWARD_TASKS, OUT_OF_DOMAIN_TASKS, REVERSE_TASKS
+
+# setting -> (give the context, give the prompt)
+SETTINGS: dict[str, tuple[bool, bool]] = {"C+P": (True, True), "C": (True, False), "P": (False, True),
+                                          "none": (False, False)}
+TASK_GROUPS = {"forward": FORWARD_TASKS, "reverse": REVERSE_TASKS, "out_of_domain": OUT_OF_DOMAIN_TASKS}
+INK_THRESHOLD = 0.5  # GlyphWorld: ink is a pixel darker than this (glyphs are dark on white)
+MEAN_COLOUR = "baseline_mean_colour"
+QUERY_GLYPH = "baseline_query_glyph"
+
+
+@dataclass
+class EvalConfig:
+    """How generations are made for evaluation.
+
+    episodes: test episodes per task (seeds 0 .. episodes-1); k: context images per episode (>= 1)
+    steps, guidance_scale_context, guidance_scale_prompt, sampler: passed to the pipeline
+    batch_size: episodes generated at once; seed: batch i starts from noise seeded with seed + i
+    settings: which of ``SETTINGS`` to run
+    """
+
+    episodes: int = 64
+    k: int = 3
+    steps: int = 25
+    guidance_scale_context: float = 3.0
+    guidance_scale_prompt: float = 3.0
+    sampler: str = "ddim"
+    batch_size: int = 16
+    seed: int = 0
+    settings: tuple[str, ...] = tuple(SETTINGS)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.settings = tuple(self.settings)
+        unknown = [s for s in self.settings if s not in SETTINGS]
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}.")
+        if self.episodes < 1 or self.batch_size < 1:
+            raise ValueError(f"episodes and batch_size must be >= 1, got {self.episodes} and {self.batch_size}.")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1 to evaluate in-context generation (and the mean-colour baseline), "
+                             f"got {self.k}; the 'P' and 'none' settings already show the model without context.")
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------------
+def per_image_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE_i = mean over the pixels and channels of image i of (pred - target)^2: (B, 3, H, W) x 2 -> (B,)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B, 3, H, W) -> (B, 3*H*W) -> (B,)
+
+
+def rmse(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """RMSE = sqrt(mean_i MSE_i), pixels in [0, 1] (Prompt Diffusion's convention)."""
+    return math.sqrt(per_image_mse(pred, target).mean().item())
+
+
+def mean_colour_baseline(context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The trivial baseline: every pixel painted in the mean colour of the episode's real context images.
+
+    context: (B, k, 3, H, W); context_mask: (B, k) bool (None: all real). Returns (B, 3, H, W).
+    """
+    if context_mask is None:
+        context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    count = context_mask.sum(dim=1)  # (B,)
+    if (count == 0).any():
+        raise ValueError("the mean-colour baseline needs at least one context image in every episode.")
+    pixels = context.flatten(3).mean(dim=3)  # (B, k, 3, H, W) -> (B, k, 3, H*W) -> (B, k, 3)
+    pixels = pixels.masked_fill(~context_mask[:, :, None], 0.0)  # padded slots may hold anything: replace them
+    # colour_b = sum_j m_bj mean_pixels(context_bj) / sum_j m_bj
+    colour = pixels.sum(dim=1) / count[:, None]  # (B, k, 3) -> (B, 3)
+    return colour[:, :, None, None].expand(-1, -1, *context.shape[-2:]).clone()  # (B, 3) -> (B, 3, H, W)
+
+
+def ink(images: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
+    """Glyph pixels: (B, 3, H, W) dark-on-white images -> (B, H, W) bool, True where the grey value < threshold."""
+    return images.float().mean(dim=1) < threshold  # (B, 3, H, W) -> (B, H, W)
+
+
+def glyph_iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
+    """IoU_i = |ink(pred_i) & ink(target_i)| / |ink(pred_i) | ink(target_i)| -> (B,); 1 when both are blank."""
+    a, b = ink(pred, threshold), ink(target, threshold)
+    intersection = (a & b).flatten(1).sum(dim=1).float()  # (B, H, W) -> (B,)
+    union = (a | b).flatten(1).sum(dim=1).float()  # (B, H, W) -> (B,)
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+
+
+# --- generation ------------------------------------------------------------------------------------------------------
+def generate_episodes(pipe, episodes: Sequence[Episode], setting: str, config: EvalConfig) -> torch.Tensor:
+    """Generate every episode's output in ``setting`` -> (N, 3, H, W), in batches of ``config.batch_size``."""
+    use_context, use_prompt = SETTINGS[setting]
+    outputs = []
+    for index, start in enumerate(range(0, len(episodes), config.batch_size)):
+        batch = collate_episodes(list(episodes[start:start + config.batch_size]))
+        outputs.append(pipe(query=batch.query,
+                            context=batch.context if use_context else None,
+                            prompt=batch.prompts if use_prompt else None,
+                            num_inference_steps=config.steps, guidance_scale_context=config.guidance_scale_context,
+                            guidance_scale_prompt=config.guidance_scale_prompt, seed=config.seed + index,
+                            sampler=config.sampler, progress=False))
+    return torch.cat(outputs)  # n_batches x (b, 3, H, W) -> (N, 3, H, W)
+
+
+def _pooled_rmse(mses: Sequence[torch.Tensor]) -> float:
+    """RMSE over the union of several groups of per-image MSEs."""
+    return math.sqrt(torch.cat(list(mses)).mean().item())
+
+
+def _settings_of(world, config: EvalConfig) -> tuple[str, ...]:
+    """The settings that differ in this world: without prompts, P is none and C+P is C, so those two are left out."""
+    if isinstance(world, GlyphWorld):
+        return tuple(s for s in config.settings if not SETTINGS[s][1])
+    return config.settings
+
+
+def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str] | None = None,
+                    world: ShapesWorld | None = None) -> dict:
+    """RMSE on ShapesWorld test episodes per task and setting, the mean-colour baseline, and group summaries.
+
+    Returns {"world", "split", "config", "rmse": {row: {column: value}}, "context_gain_forward"}: rows are the tasks
+    and the groups forward / reverse / out_of_domain (RMSE pooled over their images); columns the settings and the
+    baseline. ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks (when both were run).
+    """
+    config = config or EvalConfig()
+    world = world or ShapesWorld(split="test", size=pipe.image_size)
+    tasks = tuple(tasks or world.tasks)
+    mses: dict[str, dict[str, torch.Tensor]] = {}
+    runs = [(task, setting) for task in tasks for setting in config.settings]
+    bar = tqdm(total=len(runs), desc="eval shapes", **({} if config.progress else {"disable": True}))
+    for task in tasks:
+        episodes = [world.episode(seed, task=task, k=config.k) for seed in range(config.episodes)]
+        batch = collate_episodes(episodes)
+        mses[task] = {MEAN_COLOUR: per_image_mse(mean_colour_baseline(batch.context, batch.context_mask),
+                                                 batch.target)}
+        for setting in config.settings:
+            bar.set_postfix_str(f"{task} {setting}")
+            mses[task][setting] = per_image_mse(generate_episodes(pipe, episodes, setting, config), batch.target)
+            bar.update()
+    bar.close()
+    columns = (*config.settings, MEAN_COLOUR)
+    table = {task: {c: _pooled_rmse([mses[task][c]]) for c in columns} for task in tasks}
+    for group, members in TASK_GROUPS.items():
+        present = [t for t in members if t in tasks]
+        if present:
+            table[group] = {c: _pooled_rmse([mses[t][c] for t in present]) for c in columns}
+    results = {"world": "shapes", "split": world.split, "config": dataclasses.asdict(config), "rmse": table}
+    if "forward" in table and {"C", "none"} <= set(config.settings):
+        results["context_gain_forward"] = 1.0 - table["forward"]["C"] / table["forward"]["none"]
+    return results
+
+
+def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | None = None) -> dict:
+    """RMSE and glyph IoU on GlyphWorld test fonts, against the query-glyph and mean-colour baselines.
+
+    Only the settings without a prompt are run (GlyphWorld has none). Returns {"world", "split", "config",
+    "rmse": {"font2font": {column: value}}, "iou": {"font2font": {column: value}}}.
+    """
+    config = config or EvalConfig()
+    world = world or GlyphWorld(split="test", size=pipe.image_size, progress=config.progress)
+    episodes = [world.episode(seed, k=config.k) for seed in range(config.episodes)]
+    batch = collate_episodes(episodes)
+    outputs = {QUERY_GLYPH: batch.query, MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
+    settings = _settings_of(world, config)
+    for setting in tqdm(settings, desc="eval glyphs", **({} if config.progress else {"disable": True})):
+        outputs[setting] = generate_episodes(pipe, episodes, setting, config)
+    columns = (*settings, QUERY_GLYPH, MEAN_COLOUR)
+    return {"world": "glyphs", "split": world.split, "config": dataclasses.asdict(config),
+            "rmse": {"font2font": {c: rmse(outputs[c], batch.target) for c in columns}},
+            "iou": {"font2font": {c: glyph_iou(outputs[c], batch.target).mean().item() for c in columns}}}
+
+
+def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1, 2, 3, 4, 5), setting: str = "C",
+                   config: EvalConfig | None = None) -> dict[int, float]:
+    """RMSE to the target for each number of context images k, on the same episodes (the query and target of an
+    episode do not depend on k in either world)."""
+    config = config or EvalConfig()
+    scores = {}
+    for k in tqdm(ks, desc="k-shot", **({} if config.progress else {"disable": True})):
+        episodes = [world.episode(seed, task=task, k=k) for seed in range(config.episodes)]
+        target = torch.stack([ep.target for ep in episodes])  # N x (3, H, W) -> (N, 3, H, W)
+        scores[int(k)] = rmse(generate_episodes(pipe, episodes, setting, config), target)
+    return scores
+
+
+def format_table(results: dict) -> str:
+    """The metric tables of an ``evaluate_*`` result as aligned text, one table per metric."""
+    lines = []
+    for metric in ("rmse", "iou"):
+        if metric not in results:
+            continue
+        rows = results[metric]
+        columns = list(next(iter(rows.values())))
+        width = max(len(r) for r in rows) + 2
+        lines.append(f"{metric.upper()} ({results['world']}, {results['split']} split)")
+        lines.append(" " * width + "".join(f"{c:>{max(len(c), 8) + 2}}" for c in columns))
+        for row, values in rows.items():
+            lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>{max(len(c), 8) + 2}.4f}" for c in columns))
+        lines.append("")
+    if "context_gain_forward" in results:
+        lines.append(f"forward tasks, RMSE reduction from context (1 - C / none): "
+                     f"{results['context_gain_forward']:.1%}")
+    if "k_shot" in results:
+        lines.append("RMSE vs k: " + ", ".join(f"k={k}: {v:.4f}" for k, v in results["k_shot"].items()))
+    return "\n".join(lines).rstrip()
+
+
+# --- commands --------------------------------------------------------------------------------------------------------
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. data/checkpoints/shapes")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
+    parser.add_argument("--guidance-context", type=float, default=3.0, help="context guidance s_c (default: 3)")
+    parser.add_argument("--guidance-prompt", type=float, default=3.0, help="prompt guidance s_p (default: 3)")
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default: ddim)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: get_device())")
+
+
+def _load_pipeline(args):
+    from .device import get_device
+    from .pipeline import ContextDiffusionPipeline
+
+    return ContextDiffusionPipeline.from_pretrained(args.checkpoint, device=get_device(args.device))
+
+
+def _world_name(pipe, requested: str) -> str:
+    return pipe.model.config.world if requested == "auto" else requested
+
+
+def main_eval(argv: list[str] | None = None) -> dict:
+    """``python -m ctxdiff_from_scratch eval``: evaluate a checkpoint on its world's test split, write a JSON."""
+    parser = argparse.ArgumentParser(prog="python -m ctxdiff_from_scratch eval",
+                                     description="Evaluate a checkpoint on the test split in the C+P, C, P and none "
+                                                 "settings (RMSE; glyph IoU for GlyphWorld) next to trivial baselines.")
+    _add_generation_arguments(parser)
+    parser.add_argument("--world", choices=("auto", "shapes", "glyphs"), default="auto",
+                        help="world to evaluate on (default: the checkpoint's)")
+    parser.add_argument("--episodes", type=int, default=64, help="test episodes per task (default: 64)")
+    parser.add_argument("--k", type=int, default=3, help="context images per episode (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=16, help="episodes generated at once (default: 16)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="ShapesWorld tasks (default: all nine)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                        help="settings to run (default: all four)")
+    parser.add_argument("--k-shot", type=int, nargs="*", default=None, metavar="K",
+                        help="also measure RMSE vs k in setting C for these k (flag alone: 1 2 3 4 5)")
+    parser.add_argument("--k-shot-task", default="edge2img", help="ShapesWorld task for --k-shot (default: edge2img)")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: outputs/eval_<world>.json)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+
+    pipe = _load_pipeline(args)
+    world_name = _world_name(pipe, args.world)
+    config = EvalConfig(episodes=args.episodes, k=args.k, steps=args.steps,
+                        guidance_scale_context=args.guidance_context, guidance_scale_prompt=args.guidance_prompt,
+                        sampler=args.sampler, batch_size=args.batch_size, seed=args.seed,
+                        settings=tuple(args.settings), progress=not args.no_progress)
+    if world_name == "shapes":
+        world = ShapesWorld(split="test", size=pipe.image_size)
+        results = evaluate_shapes(pipe, config, tasks=args.tasks, world=world)
+    else:
+        world = GlyphWorld(split="test", size=pipe.image_size, progress=config.progress)
+        results = evaluate_glyphs(pipe, config, world=world)
+    if args.k_shot is not None:
+        task = args.k_shot_task if world_name == "shapes" else None
+        results["k_shot"] = k_shot_scaling(pipe, world, task, ks=args.k_shot or (1, 2, 3, 4, 5), config=config)
+        results["k_shot_task"] = task or "font2font"
+    results["checkpoint"] = str(args.checkpoint)
+    print(format_table(results))
+    out = Path(args.out or f"outputs/eval_{world_name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return results
+
+
+def main_sample(argv: list[str] | None = None) -> Path:
+    """``python -m ctxdiff_from_scratch sample``: generate from image files (or a test episode) into a PNG grid."""
+    parser = argparse.ArgumentParser(prog="python -m ctxdiff_from_scratch sample",
+                                     description="Generate images from a query and context images and save a grid "
+                                                 "(query | context | samples [| target]).")
+    _add_generation_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--query", help="query image file (an edge/segmentation/depth map, a glyph, ...)")
+    source.add_argument("--episode", type=int, metavar="SEED",
+                        help="use the test episode of this seed from the checkpoint's world instead of files")
+    parser.add_argument("--context", nargs="*", default=[], help="context image files (none: k = 0)")
+    parser.add_argument("--prompt", default=None, help="text prompt (default: none; with --episode: the episode's)")
+    parser.add_argument("--task", default=None, help="ShapesWorld task for --episode (default: edge2img)")
+    parser.add_argument("--k", type=int, default=3, help="context images for --episode (default: 3)")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
+    parser.add_argument("--out", default="outputs/sample.png", help="PNG to write (default: outputs/sample.png)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.num_samples < 1:
+        parser.error(f"--num-samples must be >= 1, got {args.num_samples}.")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plotting import set_plot_style, show_row
+
+    pipe = _load_pipeline(args)
+    size = pipe.image_size
+    target = None
+    if args.episode is not None:
+        if _world_name(pipe, "auto") == "shapes":
+            episode = ShapesWorld(split="test", size=size).episode(args.episode, task=args.task or "edge2img", k=args.k)
+        else:
+            episode = GlyphWorld(split="test", size=size, progress=False).episode(args.episode, k=args.k)
+        query, context, target = episode.query, episode.context, episode.target
+        prompt = episode.prompt if args.prompt is None else args.prompt
+    else:
+        query, context, prompt = args.query, list(args.context), args.prompt
+    query, context, _, prompts = pipe.prepare_inputs(query, context, prompt)
+    n = args.num_samples
+    samples = pipe(query=query.expand(n, -1, -1, -1), context=context.expand(n, -1, -1, -1, -1),
+                   prompt=None if prompts is None else prompts * n, num_inference_steps=args.steps,
+                   guidance_scale_context=args.guidance_context, guidance_scale_prompt=args.guidance_prompt,
+                   seed=args.seed, sampler=args.sampler, progress=not args.no_progress)
+    images = [query[0], *context[0], *samples] + ([target] if target is not None else [])
+    titles = (["query", *[f"context {i + 1}" for i in range(context.shape[1])],
+               *[f"sample {i + 1}" for i in range(n)]] + (["target"] if target is not None else []))
+    set_plot_style()
+    fig, axes = plt.subplots(1, len(images), figsize=(1.4 * len(images), 1.8), squeeze=False)
+    show_row(axes[0], images, titles)
+    if prompts:
+        fig.suptitle(f"prompt: {prompts[0]!r}", fontsize=8)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {out}")
+    return out

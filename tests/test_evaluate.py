@@ -1,0 +1,154 @@
+"""Evaluation: metrics and baselines on hand-made cases, the four settings on a tiny model, and the two commands."""
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+from PIL import Image
+
+from ctxdiff_from_scratch.data import GlyphWorld, ShapesWorld, collate_episodes
+from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, EvalConfig, evaluate_glyphs,
+                                           evaluate_shapes, format_table, glyph_iou, ink, k_shot_scaling,
+                                           main_eval, main_sample, mean_colour_baseline, per_image_mse, rmse)
+from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
+from test_guidance import SIZE, tiny_model
+
+TINY = EvalConfig(episodes=3, k=2, steps=2, batch_size=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return ContextDiffusionPipeline(tiny_model())
+
+
+def test_rmse_is_the_root_of_the_mean_per_image_mse():
+    target = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), 0.1)])
+    pred = torch.zeros_like(target)
+    assert torch.allclose(per_image_mse(pred, target), torch.tensor([0.25, 0.01]))
+    # sqrt((0.25 + 0.01) / 2), not the mean of the per-image RMSEs (0.5 + 0.1) / 2
+    assert rmse(pred, target) == pytest.approx(math.sqrt(0.13))
+    with pytest.raises(ValueError, match="same shape"):
+        rmse(pred, target[:1])
+
+
+def test_mean_colour_baseline_by_hand():
+    red, blue = torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)
+    red[0], blue[2] = 1.0, 1.0
+    half = torch.zeros(3, 4, 4)
+    half[1, :2] = 1.0  # green on the top half: mean colour (0, 0.5, 0)
+    garbage = torch.full((3, 4, 4), float("nan"))
+    context = torch.stack([torch.stack([red, blue]), torch.stack([half, garbage])])  # (2, 2, 3, 4, 4)
+    mask = torch.tensor([[True, True], [True, False]])
+    baseline = mean_colour_baseline(context, mask)
+    assert baseline.shape == (2, 3, 4, 4)
+    assert torch.allclose(baseline[0, :, 2, 3], torch.tensor([0.5, 0.0, 0.5]))
+    assert torch.allclose(baseline[1], torch.tensor([0.0, 0.5, 0.0])[:, None, None].expand(3, 4, 4))
+    with pytest.raises(ValueError, match="at least one context image"):
+        mean_colour_baseline(context, torch.tensor([[True, True], [False, False]]))
+
+
+def test_glyph_iou_by_hand():
+    white = torch.ones(3, 8, 8)
+    left, top = white.clone(), white.clone()
+    left[:, :, :4] = 0.0  # ink on the left half
+    top[:, :4, :] = 0.2  # ink on the top half
+    assert ink(torch.stack([left]))[0].sum() == 32
+    # intersection: the top-left quarter (16 px); union: three quarters (48 px)
+    iou = glyph_iou(torch.stack([top, left, white, white]), torch.stack([left, left, white, left]))
+    assert torch.allclose(iou, torch.tensor([1 / 3, 1.0, 1.0, 0.0]))
+    # 0.5 is the ink threshold: a grey of exactly 0.5 is paper, just below is ink
+    assert not ink(torch.full((1, 3, 2, 2), 0.5)).any() and ink(torch.full((1, 3, 2, 2), 0.49)).all()
+
+
+def test_evaluate_shapes_runs_the_four_settings_and_the_baseline(pipe):
+    world = ShapesWorld("test", size=SIZE)
+    tasks = ["edge2img", "seg2img", "img2edge", "scribble2img"]
+    results = evaluate_shapes(pipe, TINY, tasks=tasks, world=world)
+    table = results["rmse"]
+    assert set(table) == {*tasks, "forward", "reverse", "out_of_domain"}
+    for row in table.values():
+        assert set(row) == {*SETTINGS, MEAN_COLOUR}
+        assert all(math.isfinite(v) and 0 <= v <= 1 for v in row.values())
+    # the baseline column is the baseline computed directly
+    batch = collate_episodes([world.episode(seed, task="seg2img", k=TINY.k) for seed in range(TINY.episodes)])
+    direct = rmse(mean_colour_baseline(batch.context, batch.context_mask), batch.target)
+    assert table["seg2img"][MEAN_COLOUR] == pytest.approx(direct)
+    # a group pools its tasks' images: with equal episode counts, the root of the mean of the squared task RMSEs
+    forward = math.sqrt((table["edge2img"]["C"] ** 2 + table["seg2img"]["C"] ** 2) / 2)
+    assert table["forward"]["C"] == pytest.approx(forward)
+    assert results["context_gain_forward"] == pytest.approx(1 - table["forward"]["C"] / table["forward"]["none"])
+    # the settings generate different images (with an untrained model too), so their numbers differ
+    assert len({round(table["edge2img"][s], 6) for s in SETTINGS}) > 1
+    text = format_table(results)
+    assert "scribble2img" in text and "C+P" in text and MEAN_COLOUR in text
+
+
+def test_settings_see_the_same_noise_and_are_reproducible(pipe):
+    world = ShapesWorld("test", size=SIZE)
+    config = EvalConfig(episodes=2, k=1, steps=2, batch_size=2, settings=("C",), progress=False)
+    first = evaluate_shapes(pipe, config, tasks=["edge2img"], world=world)
+    again = evaluate_shapes(pipe, config, tasks=["edge2img"], world=world)
+    assert first["rmse"] == again["rmse"] and "context_gain_forward" not in first
+
+
+def test_evaluate_glyphs_runs_the_settings_without_prompt_and_both_baselines():
+    glyph_pipe = ContextDiffusionPipeline(tiny_model(prompts=False))
+    world = GlyphWorld(size=SIZE, fonts=Path(matplotlib.get_data_path()) / "fonts" / "ttf", progress=False)
+    results = evaluate_glyphs(glyph_pipe, TINY, world=world)
+    for metric in ("rmse", "iou"):
+        row = results[metric]["font2font"]
+        assert set(row) == {"C", "none", QUERY_GLYPH, MEAN_COLOUR}
+        assert all(math.isfinite(v) for v in row.values())
+    batch = collate_episodes([world.episode(seed, k=TINY.k) for seed in range(TINY.episodes)])
+    expected = glyph_iou(batch.query, batch.target).mean().item()
+    assert results["iou"]["font2font"][QUERY_GLYPH] == pytest.approx(expected)
+    assert "IOU" in format_table(results)
+
+
+def test_k_shot_scaling(pipe):
+    world = ShapesWorld("test", size=SIZE)
+    scores = k_shot_scaling(pipe, world, "edge2img", ks=(1, 3), config=TINY)
+    assert list(scores) == [1, 3] and all(math.isfinite(v) for v in scores.values())
+    assert scores[1] != scores[3]
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="unknown setting"):
+        EvalConfig(settings=("C", "context"))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        EvalConfig(k=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(pipe, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt") / "shapes"
+    pipe.model.save_pretrained(folder)
+    return folder
+
+
+def test_main_eval_writes_json(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    results = main_eval(["--checkpoint", str(checkpoint), "--episodes", "2", "--steps", "2", "--k", "1",
+                         "--batch-size", "2", "--tasks", "edge2img", "--k-shot", "1", "2", "--out", str(out),
+                         "--no-progress"])
+    saved = json.loads(out.read_text())
+    assert set(saved["rmse"]["edge2img"]) == {*SETTINGS, MEAN_COLOUR}
+    assert saved["rmse"] == results["rmse"] and list(saved["k_shot"]) == ["1", "2"]
+    printed = capsys.readouterr().out
+    assert "edge2img" in printed and f"wrote {out}" in printed
+
+
+def test_main_sample_writes_a_png_from_files_and_from_an_episode(checkpoint, tmp_path):
+    query, context = tmp_path / "q.png", tmp_path / "c.png"
+    Image.new("RGB", (40, 40), "white").save(query)
+    Image.new("RGB", (40, 40), "red").save(context)
+    common = ["--checkpoint", str(checkpoint), "--steps", "2", "--no-progress"]
+    from_files = main_sample(common + ["--query", str(query), "--context", str(context), "--prompt", "a red circle",
+                                       "--num-samples", "2", "--out", str(tmp_path / "files.png")])
+    from_episode = main_sample(common + ["--episode", "3", "--task", "seg2img", "--k", "2",
+                                         "--out", str(tmp_path / "episode.png")])
+    for path in (from_files, from_episode):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > image.height

@@ -1,0 +1,254 @@
+"""Training (paper Eq. 2): condition dropout, deterministic batches, both stages, checkpoints that survive SIGKILL,
+and Accelerate with two CPU processes."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctxdiff_from_scratch import train as train_module
+from ctxdiff_from_scratch.data import ShapesWorld
+from ctxdiff_from_scratch.episode_cache import EpisodeGroup, EpisodePool
+from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, save_frozen_parts
+from ctxdiff_from_scratch.runlog import read_log
+from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, draw_batch, drop_case_probabilities,
+                                        flatten_optimizer_state, main, rng_state, set_rng_state, train,
+                                        unflatten_optimizer_state)
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module")
+def parts_dir(tmp_path_factory):
+    """Tiny untrained frozen parts for 32x32 ShapesWorld images, saved like a shipped folder."""
+    world = ShapesWorld("train", size=32)
+    folder = tmp_path_factory.mktemp("parts")
+    save_frozen_parts(FrozenParts.untrained(32, [world.styled_image(s)[1] for s in range(60)]), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stage1(parts_dir, tmp_path_factory):
+    """A finished tiny stage-1 run (pool of 12 episodes, so 40 steps visibly fit it)."""
+    out = tmp_path_factory.mktemp("stage1")
+    config = TrainConfig.from_profile("tiny", parts=str(parts_dir), out=str(out), steps=40, pool_size=12, lr=3e-3,
+                                      checkpoint_every=20)
+    return out, train(config)
+
+
+def tiny(parts_dir, out, **overrides) -> TrainConfig:
+    return TrainConfig.from_profile("tiny", parts=str(parts_dir), out=str(out), **overrides)
+
+
+def fake_pool(sizes=(5, 7, 9)) -> EpisodePool:
+    groups = {k: EpisodeGroup(torch.zeros(n, 4, 2, 2), torch.zeros(n, 3, 8, 8, dtype=torch.uint8),
+                              torch.zeros(n, k, 4, 8), None, None) for k, n in zip((1, 2, 3), sizes)}
+    return EpisodePool(groups, key={})
+
+
+def test_drop_cases_give_the_paper_rates():
+    config = TrainConfig.from_profile("tiny", batch_size=40000)
+    probs = drop_case_probabilities(config)
+    assert torch.allclose(probs, torch.tensor([0.45, 0.45, 0.05, 0.05], dtype=torch.float64))
+    batch = draw_batch(fake_pool(), config, step=0, latent_shape=(4, 2, 2), num_timesteps=1000)
+    assert abs(batch.drop_prompt.float().mean() - 0.5) < 0.01
+    assert abs(batch.drop_context.float().mean() - 0.1) < 0.005
+    assert abs((batch.drop_prompt & batch.drop_context).float().mean() - 0.05) < 0.005
+    with pytest.raises(ValueError, match="joint distribution"):
+        TrainConfig.from_profile("tiny", p_drop_both=0.2)
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    config, pool = TrainConfig.from_profile("tiny", batch_size=16), fake_pool()
+    a, b = (draw_batch(pool, config, 3, (4, 2, 2), 1000) for _ in range(2))
+    assert a.k == b.k and torch.equal(a.noise, b.noise) and torch.equal(a.index, b.index) and torch.equal(a.t, b.t)
+    later = draw_batch(pool, config, 4, (4, 2, 2), 1000)
+    assert not torch.equal(a.noise, later.noise)
+    ks = {draw_batch(pool, config, s, (4, 2, 2), 1000).k for s in range(30)}
+    assert ks == {1, 2, 3}
+    for s in range(30):
+        batch = draw_batch(pool, config, s, (4, 2, 2), 1000)
+        assert int(batch.index.max()) < len(pool.groups[batch.k])
+
+
+def test_optimizer_and_rng_states_round_trip():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    tensors, rest = flatten_optimizer_state(optimizer.state_dict())
+    json.dumps(rest)  # everything outside the tensors is plain JSON
+    restored = unflatten_optimizer_state(tensors, json.loads(json.dumps(rest)))
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    fresh.load_state_dict(restored)
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(fresh.state[model.weight][key], optimizer.state[model.weight][key])
+
+    tensors, rest = rng_state()
+    assert all(t.dtype == torch.uint8 for t in tensors.values())
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    set_rng_state(tensors, json.loads(json.dumps(rest)))
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_ema_follows_trained_and_keeps_frozen_weights_exact():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    module[0].requires_grad_(False)
+    ema = EMA(module, decay=0.5)
+    frozen = module[0].weight.detach().clone()
+    before = module[1].weight.detach().clone()
+    with torch.no_grad():
+        module[1].weight.add_(1.0)
+    ema.update(module, step=100)  # decay min(0.5, 101/110) = 0.5
+    assert torch.equal(ema.shadow["0.weight"], frozen)
+    assert torch.allclose(ema.shadow["1.weight"], before + 0.5)
+
+
+def test_stage1_trains_and_ships_ema_weights(stage1):
+    out, summary = stage1
+    log = read_log(out / "train_log.csv")
+    assert log["step"] == list(range(1, 41))
+    first, last = np.mean(log["loss"][:10]), np.mean(log["loss"][-10:])
+    assert last < 0.8 * first, (first, last)
+    assert summary["steps"] == 40 and summary["images_per_second"] > 0 and (out / "train_loss.png").is_file()
+    model = ContextDiffusionModel.from_pretrained(out)
+    assert model.adapter is None and model.config.prediction_type == "v_prediction"
+    ema = load_file(str(out / "checkpoints/step_0000040/ema.safetensors"))
+    for name, p in model.denoiser.named_parameters():
+        assert torch.equal(p, ema[name]), name
+    assert json.loads((out / "denoiser.json").read_text())["metadata"]["training"]["steps"] == 40
+
+
+def test_stage2_freezes_base_encoder_and_starts_from_stage1(stage1, tmp_path):
+    out, _ = stage1
+    config = TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path), steps=3)
+    base = ContextDiffusionModel.from_pretrained(out)
+    model = build_model(config)
+    assert model.adapter is not None and not any(p.requires_grad for p in model.unet.encoder.parameters())
+    assert all(p.requires_grad for p in model.adapter.parameters())
+    # zero convs: at the start of stage 2 the model predicts exactly what the stage-1 model did
+    x, t = torch.randn(2, *model.latent_shape), torch.tensor([10, 900])
+    cond = model.encode_conditions(torch.rand(2, 3, 32, 32), torch.rand(2, 2, 3, 32, 32), prompts=["a red", ""])
+    assert torch.equal(model.predict(x, t, cond), base.predict(x, t, cond))
+
+    train(config)
+    trained = ContextDiffusionModel.from_pretrained(tmp_path)
+    for name, p in trained.unet.encoder.state_dict().items():
+        assert torch.equal(p, base.unet.encoder.state_dict()[name]), name
+    assert not torch.equal(trained.unet.out[2].weight, base.unet.out[2].weight)  # the decoder did train
+    assert trained.adapter.mid_zero_conv.weight.abs().sum() > 0
+
+    joint = build_model(TrainConfig.from_profile("tiny", joint=True, parts=str(out)))
+    assert joint.adapter is not None and all(p.requires_grad for p in joint.denoiser.parameters())
+
+
+def test_gradient_accumulation_gives_the_same_steps(parts_dir, tmp_path):
+    losses = []
+    for accum in (1, 2):
+        train(tiny(parts_dir, tmp_path / f"accum{accum}", steps=3, grad_accum=accum))
+        losses.append(read_log(tmp_path / f"accum{accum}/train_log.csv")["loss"])
+    assert np.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_naming_the_step(parts_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = train_module.diffusion_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", poisoned)
+    with pytest.raises(FloatingPointError, match="diverged at step 3"):
+        train(tiny(parts_dir, tmp_path, steps=5))
+
+
+def test_time_budget_stops_early_and_saves(parts_dir, tmp_path):
+    summary = train(tiny(parts_dir, tmp_path, steps=10_000, minutes=1e-4))
+    assert summary["stopped_for_time"] and summary["steps"] < 10_000
+    assert (tmp_path / "denoiser.safetensors").is_file()
+    assert json.loads((tmp_path / "checkpoints/latest.json").read_text())["step"] == summary["steps"]
+
+
+def test_pool_cache_round_trip_and_key(parts_dir, tmp_path):
+    cache = tmp_path / "pool.safetensors"
+    config = tiny(parts_dir, tmp_path / "run", steps=1, pool_cache=str(cache))
+    model = build_model(config)
+    from ctxdiff_from_scratch.episode_cache import load_or_build_pool, pool_key
+
+    world = ShapesWorld("train", size=32)
+    pool = load_or_build_pool(model, world, 12, (1, 2, 3), cache, progress=False)
+    again = EpisodePool.load(cache, pool_key(model, world, 12, (1, 2, 3)))
+    for k, group in pool.groups.items():
+        for name, value in vars(group).items():
+            assert torch.equal(value, vars(again.groups[k])[name]), (k, name)
+    assert group.queries.dtype == torch.uint8 and group.image_tokens.dtype == torch.float16
+    assert EpisodePool.load(cache, pool_key(model, world, 24, (1, 2, 3))) is None  # another pool size: rebuild
+
+
+def test_resume_refuses_changed_options(stage1):
+    out, _ = stage1
+    with pytest.raises(ValueError, match="lr: checkpoint"):
+        main(["--profile", "tiny", "--out", str(out), "--resume", "--lr", "0.5"])
+
+
+def _cli(*args: str) -> list[str]:
+    return [PYTHON, "-m", "ctxdiff_from_scratch.train", "--profile", "tiny", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "CTXDIFF_DEVICE": "cpu"}
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(parts_dir, tmp_path):
+    common = ["--parts", str(parts_dir), "--checkpoint-every", "5", "--threads", "1"]
+    steps = 30
+    subprocess.run(_cli(*common, "--out", str(tmp_path / "straight"), "--steps", str(steps)), check=True,
+                   env=_env(), cwd=ROOT, capture_output=True)
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_cli(*common, "--out", str(out), "--steps", "100000"), env=_env(), cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = out / "checkpoints/latest.json"
+    deadline = time.time() + 120
+    while not pointer.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(pointer.read_text())["step"]
+    assert 5 <= killed_at < steps, killed_at
+
+    subprocess.run(_cli(*common, "--out", str(out), "--steps", str(steps), "--resume"), check=True, env=_env(),
+                   cwd=ROOT, capture_output=True)
+    straight, resumed = read_log(tmp_path / "straight/train_log.csv"), read_log(out / "train_log.csv")
+    assert resumed["step"] == straight["step"] == list(range(1, steps + 1))
+    assert np.allclose(resumed["loss"], straight["loss"], rtol=1e-6, atol=0), (killed_at, resumed["loss"])
+    a = load_file(str(tmp_path / "straight/denoiser.safetensors"))
+    b = load_file(str(out / "denoiser.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_two_accelerate_processes_stay_in_sync_and_match_one_process(parts_dir, tmp_path):
+    common = ["--parts", str(parts_dir), "--steps", "4", "--batch-size", "8", "--checkpoint-every", "100"]
+    subprocess.run(_cli(*common, "--out", str(tmp_path / "one")), check=True, env=_env(), cwd=ROOT,
+                   capture_output=True)
+    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdiff_from_scratch.train",
+              "--profile", "tiny", *common, "--out", str(tmp_path / "two")]
+    result = subprocess.run(launch, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two/train_summary.json").read_text())
+    hashes = summary["rank_weight_sha1"]
+    assert summary["processes"] == 2 and len(hashes) == 2 and hashes[0] == hashes[1]
+    one, two = read_log(tmp_path / "one/train_log.csv"), read_log(tmp_path / "two/train_log.csv")
+    assert np.allclose(one["loss"], two["loss"], rtol=1e-4)
