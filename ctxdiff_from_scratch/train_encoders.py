@@ -1,0 +1,465 @@
+"""Train a world's CLIP-style context encoders, evaluate them by retrieval, and write them as a checkpoint folder.
+
+    python -m ctxdiff_from_scratch encoders --world shapes   # image <-> prompt, about 7 min on 2 (shared) CPU cores
+    python -m ctxdiff_from_scratch encoders --world glyphs   # 4 glyphs of a font <-> 4 others, about 7 min
+    python -m ctxdiff_from_scratch encoders --world shapes --eval-only  # re-measure a shipped checkpoint
+
+The objective is CLIP's symmetric InfoNCE (:func:`ctxdiff_from_scratch.encoders.clip_loss`) with a learnable
+temperature. The positives differ per world:
+
+* ShapesWorld: a styled image and its style prompt (``ShapesWorld.styled_image``). Pairs are drawn fresh every step
+  (painting costs well under a millisecond), so the encoders never see the same pair twice.
+* GlyphWorld has no prompts: the two views of a font are two *disjoint sets* of its glyphs. Each glyph goes through
+  the image encoder on its own (it will see single glyphs as context images later) and a set's embedding is the
+  mean of its glyphs' normalised embeddings (:func:`encode_glyph_sets`). All glyphs of the training fonts are
+  rendered once, up front, into a uint8 bank.
+
+Evaluation (:func:`evaluate_shapes`, :func:`evaluate_glyphs`) is top-1 retrieval among 64 candidates on the test
+split (GlyphWorld's test split may hold fewer fonts; then all of them are candidates); the CLI, the model cards, the
+tests and notebook 04 all call these functions.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .device import get_device, seed_everything
+from .encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig, clip_loss, config_summary,
+                       retrieval_top1)
+from .runlog import CSVLogger, plot_loss_curve, read_log
+from .tokenizer import WordTokenizer
+
+WORLDS = ("shapes", "glyphs")
+LOG_NAME, CURVE_NAME, CARD_NAME = "encoders_log.csv", "encoders_loss.png", "encoders_card.md"
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps 1/temperature at 100 so the logits cannot blow up
+
+
+@dataclass
+class EncoderTrainConfig:
+    """How to train the encoders of one world. ``EncoderTrainConfig.for_world("glyphs", steps=100)``.
+
+    batch_size: (image, prompt) pairs per step for shapes; *fonts* per step for glyphs (each gives 2 sets of
+    ``glyphs_per_set`` glyphs, so a glyph step encodes batch_size * 2 * glyphs_per_set images).
+    """
+
+    world: str = "shapes"
+    profile: str = "cpu"          # encoder sizes: ImageEncoderConfig / TextEncoderConfig profile
+    image_size: int = 64
+    steps: int = 400
+    batch_size: int = 128
+    glyphs_per_set: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    init_temperature: float = 0.07
+    max_length: int = 32          # tokenizer length; the longest ShapesWorld prompt is 30 tokens with <bos>/<eos>
+    tokenizer_prompts: int = 5000  # training prompts the vocabulary is fitted on
+    eval_candidates: int = 64
+    eval_rounds: int = 4
+    log_every: int = 10
+    seed: int = 0
+
+    WORLD_DEFAULTS: ClassVar[dict[str, dict]] = {"shapes": {}, "glyphs": dict(steps=250, batch_size=32)}
+    PROFILES: ClassVar[dict[str, dict]] = {
+        "cpu": {},
+        # a few seconds: for tests and the notebook's demo, not for use
+        "tiny": dict(image_size=16, steps=4, batch_size=8, glyphs_per_set=2, warmup_steps=1, tokenizer_prompts=200,
+                     eval_candidates=8, eval_rounds=1, log_every=1),
+    }
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world={self.world!r} is not one of {WORLDS}: encoders are trained on ShapesWorld "
+                             "(image <-> prompt) or GlyphWorld (font <-> font).")
+        if self.profile not in self.PROFILES:
+            raise ValueError(f"profile={self.profile!r} is not one of {list(self.PROFILES)}.")
+        for name in ("image_size", "steps", "batch_size", "glyphs_per_set", "max_length", "tokenizer_prompts",
+                     "eval_candidates", "eval_rounds", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EncoderTrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.batch_size < 2:
+            raise ValueError("a contrastive batch needs at least 2 pairs (the others are the negatives); "
+                             f"got batch_size={self.batch_size}.")
+        if not (self.lr > 0 and 0 < self.init_temperature <= 1 and self.warmup_steps >= 0):
+            raise ValueError(f"need lr > 0, 0 < init_temperature <= 1 and warmup_steps >= 0; got lr={self.lr}, "
+                             f"init_temperature={self.init_temperature}, warmup_steps={self.warmup_steps}.")
+
+    @classmethod
+    def for_world(cls, world: str, profile: str = "cpu", **overrides) -> "EncoderTrainConfig":
+        """The defaults of ``world`` at ``profile`` ("cpu" or "tiny"), with ``overrides`` on top."""
+        if world not in WORLDS:
+            raise ValueError(f"world={world!r} is not one of {WORLDS}.")
+        if profile not in cls.PROFILES:
+            raise ValueError(f"profile={profile!r} is not one of {list(cls.PROFILES)}.")
+        return cls(**{**cls.WORLD_DEFAULTS[world], **cls.PROFILES[profile], "world": world, "profile": profile,
+                      **overrides})
+
+
+class ContrastivePair(nn.Module):
+    """What is trained together: the image encoder, the text encoder (shapes only) and the learnable temperature."""
+
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder | None, init_temperature: float):
+        super().__init__()
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        # s = log(1 / tau), learned (CLIP); tau = 0.07 at the start
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+
+    def image_text_loss(self, images: torch.Tensor,
+                        tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE between images (B, 3, H, W) and their tokenized prompts; returns (loss, in-batch top-1)."""
+        image_emb = self.image_encoder(images).pooled
+        text_emb = self.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
+        return clip_loss(image_emb, text_emb, self.scale()), retrieval_top1(image_emb, text_emb)
+
+    def glyph_set_loss(self, sets_a: torch.Tensor, sets_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE between two glyph sets (B, m, 3, H, W) per font (one font per row); returns (loss, top-1)."""
+        emb_a, emb_b = encode_glyph_sets(self.image_encoder, sets_a), encode_glyph_sets(self.image_encoder, sets_b)
+        return clip_loss(emb_a, emb_b, self.scale()), retrieval_top1(emb_a, emb_b)
+
+
+def encode_glyph_sets(image_encoder: ImageEncoder, sets: torch.Tensor) -> torch.Tensor:
+    """A font's embedding from a set of its glyphs: e(S) = mean_{g in S} f(g) / |f(g)|.
+
+    sets: (B, m, 3, H, W) -> (B, E). Each glyph is encoded on its own, then the normalised embeddings are averaged.
+    """
+    B, m = sets.shape[:2]
+    pooled = image_encoder(sets.flatten(0, 1)).pooled  # (B, m, 3, H, W) -> (B*m, 3, H, W) -> (B*m, E)
+    return F.normalize(pooled, dim=-1).view(B, m, -1).mean(1)  # (B*m, E) -> (B, m, E) -> (B, E)
+
+
+def learning_rate(step: int, config: EncoderTrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    # lr_t = lr / 2 (1 + cos(pi * progress))
+    return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+def _shapes_world(split: str, size: int):
+    from .data.shapes import ShapesWorld  # the worlds are imported lazily: the encoders do not need them
+
+    return ShapesWorld(split=split, size=size)
+
+
+def _glyph_world(split: str, size: int):
+    from .data.glyphs import GlyphWorld
+
+    return GlyphWorld(split=split, size=size)
+
+
+def styled_pairs(world, seeds) -> tuple[torch.Tensor, list[str]]:
+    """Images (N, 3, H, W) and prompts for ``seeds`` of a ShapesWorld (``styled_image``)."""
+    images, prompts = zip(*(world.styled_image(int(seed)) for seed in seeds))
+    return torch.stack(images), list(prompts)  # N x (3, H, W) -> (N, 3, H, W)
+
+
+def fit_tokenizer(world, n_prompts: int, max_length: int) -> WordTokenizer:
+    """A word tokenizer fitted on the prompts of the first ``n_prompts`` styled images of ``world``."""
+    return WordTokenizer.fit((world.styled_image(seed)[1] for seed in range(n_prompts)), max_length=max_length)
+
+
+def glyph_bank(world, desc: str = "rendering glyphs") -> torch.Tensor:
+    """Every glyph of every font of a GlyphWorld as uint8: (num_fonts, len(charset), 3, H, W)."""
+    fonts = []
+    for font in tqdm(range(world.num_fonts), desc=desc):
+        glyphs = torch.stack([world.render(font, char) for char in world.charset])  # C x (3, H, W) -> (C, 3, H, W)
+        fonts.append((glyphs * 255).round().to(torch.uint8))
+    return torch.stack(fonts)  # F x (C, 3, H, W) -> (F, C, 3, H, W)
+
+
+def sample_glyph_sets(bank: torch.Tensor, n_fonts: int, glyphs_per_set: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick ``n_fonts`` distinct fonts and, per font, two disjoint random sets of glyphs.
+
+    Returns (font indices (B,), sets_a, sets_b), the sets float (B, m, 3, H, W) in [0, 1].
+    """
+    num_fonts, num_chars = bank.shape[:2]
+    if n_fonts > num_fonts or 2 * glyphs_per_set > num_chars:
+        raise ValueError(f"cannot draw {n_fonts} fonts x 2 x {glyphs_per_set} glyphs from {num_fonts} fonts of "
+                         f"{num_chars} characters; lower the batch size or glyphs_per_set.")
+    fonts = torch.randperm(num_fonts, generator=generator)[:n_fonts]
+    chars = torch.rand(n_fonts, num_chars, generator=generator).argsort(1)[:, : 2 * glyphs_per_set]  # (B, 2m)
+    sets = bank[fonts[:, None], chars].float() / 255  # (F, C, 3, H, W)[(B, 1), (B, 2m)] -> (B, 2m, 3, H, W)
+    return fonts, sets[:, :glyphs_per_set], sets[:, glyphs_per_set:]
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_shapes(image_encoder: ImageEncoder, text_encoder: TextEncoder, tokenizer: WordTokenizer,
+                    split: str = "test", candidates: int = 64, rounds: int = 4, seed: int = 0,
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """Image -> prompt top-1 retrieval among ``candidates`` *distinct* prompts, averaged over ``rounds``.
+
+    Each round walks the split's styled images from seed ``seed`` on and keeps an image only if its prompt is not
+    yet in the round, so exactly one candidate is correct (no ties between identical prompts). Returns
+    ``image_to_text`` and ``text_to_image`` top-1, ``chance`` (1 / candidates) and ``queries``.
+    """
+    world = _shapes_world(split, image_encoder.config.image_size)
+    image_encoder.eval(), text_encoder.eval()
+    next_seed, i2t, t2i = seed, [], []
+    for _ in range(rounds):
+        images, prompts = [], []
+        while len(prompts) < candidates:
+            image, prompt = world.styled_image(next_seed)
+            next_seed += 1
+            if prompt not in prompts:
+                images.append(image)
+                prompts.append(prompt)
+        image_emb = image_encoder(torch.stack(images).to(device)).pooled  # (candidates, 3, H, W) -> (candidates, E)
+        tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
+        text_emb = text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
+        i2t.append(retrieval_top1(image_emb, text_emb).item())
+        t2i.append(retrieval_top1(text_emb, image_emb).item())
+    return {"image_to_text": sum(i2t) / rounds, "text_to_image": sum(t2i) / rounds, "candidates": candidates,
+            "chance": 1 / candidates, "queries": rounds * candidates}
+
+
+@torch.no_grad()
+def evaluate_glyphs(image_encoder: ImageEncoder, split: str = "test", candidates: int = 64, rounds: int = 4,
+                    glyphs_per_set: int = 4, seed: int = 0, bank: torch.Tensor | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """Same-font top-1 retrieval: a set of a font's glyphs must find a disjoint set of the same font among
+    ``candidates`` fonts of the split (all fonts differ, so exactly one candidate is correct). A split with fewer
+    fonts uses them all as candidates; the returned ``candidates`` and ``chance`` say how many.
+
+    Each round draws ``candidates`` fonts and two disjoint glyph sets per font from a generator seeded by ``seed``.
+    ``bank`` (from :func:`glyph_bank`) skips re-rendering. Returns ``top1`` (set A -> set B), ``top1_reverse``,
+    ``chance`` and ``queries``.
+    """
+    if bank is None:
+        bank = glyph_bank(_glyph_world(split, image_encoder.config.image_size), desc=f"rendering {split} glyphs")
+    candidates = min(candidates, bank.shape[0])  # the Debian test split holds about 40 fonts
+    image_encoder.eval()
+    generator = torch.Generator().manual_seed(seed)
+    forward, reverse = [], []
+    for _ in range(rounds):
+        _, sets_a, sets_b = sample_glyph_sets(bank, candidates, glyphs_per_set, generator)
+        emb_a = encode_glyph_sets(image_encoder, sets_a.to(device))
+        emb_b = encode_glyph_sets(image_encoder, sets_b.to(device))
+        forward.append(retrieval_top1(emb_a, emb_b).item())
+        reverse.append(retrieval_top1(emb_b, emb_a).item())
+    return {"top1": sum(forward) / rounds, "top1_reverse": sum(reverse) / rounds, "candidates": candidates,
+            "chance": 1 / candidates, "queries": rounds * candidates}
+
+
+def evaluate_encoders(world: str, image_encoder: ImageEncoder, text_encoder: TextEncoder | None = None,
+                      tokenizer: WordTokenizer | None = None, split: str = "test", candidates: int = 64,
+                      rounds: int = 4, glyphs_per_set: int = 4, bank: torch.Tensor | None = None,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """The retrieval evaluation of ``world``: :func:`evaluate_shapes` or :func:`evaluate_glyphs`."""
+    if world == "shapes":
+        return evaluate_shapes(image_encoder, text_encoder, tokenizer, split, candidates, rounds, device=device)
+    return evaluate_glyphs(image_encoder, split, candidates, rounds, glyphs_per_set, bank=bank, device=device)
+
+
+def evaluate_folder(folder: str | Path, world: str, split: str = "test", candidates: int = 64, rounds: int = 4,
+                    glyphs_per_set: int = 4, bank: torch.Tensor | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, float]:
+    """Load the encoders saved in ``folder`` and run the retrieval evaluation of ``world`` on ``split``."""
+    image_encoder = ImageEncoder.from_pretrained(folder).to(device)
+    text_encoder, tokenizer = None, None
+    if world == "shapes":
+        text_encoder = TextEncoder.from_pretrained(folder).to(device)
+        tokenizer = WordTokenizer.load(Path(folder) / "tokenizer.json")
+    return evaluate_encoders(world, image_encoder, text_encoder, tokenizer, split, candidates, rounds,
+                             glyphs_per_set, bank, device)
+
+
+# --- training --------------------------------------------------------------------------------------------------------
+def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torch.device | str | None = None,
+                   command: str = "(called from Python)") -> dict:
+    """Train the encoders of ``config.world``, save them (fp16) to ``out_dir`` with the CSV log, the loss curve and
+    a model card, then evaluate the *saved* weights on the test split. Returns a summary dict."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    device = get_device() if device is None else torch.device(device)
+    generator = seed_everything(config.seed)
+    image_config = ImageEncoderConfig.profile(config.profile, image_size=config.image_size)
+    tokenizer, text_encoder, bank = None, None, None
+    if config.world == "shapes":
+        world = _shapes_world("train", config.image_size)
+        tokenizer = fit_tokenizer(world, config.tokenizer_prompts, config.max_length)
+        text_encoder = TextEncoder(TextEncoderConfig.profile(config.profile, vocab_size=tokenizer.vocab_size,
+                                                             max_length=tokenizer.max_length))
+    else:
+        bank = glyph_bank(_glyph_world("train", config.image_size), desc="rendering train glyphs")
+    model = ContrastivePair(ImageEncoder(image_config), text_encoder, config.init_temperature).to(device)
+    test_bank = None if config.world == "shapes" else glyph_bank(_glyph_world("test", config.image_size),
+                                                                  desc="rendering test glyphs")
+    evaluation = dict(split="test", candidates=config.eval_candidates, rounds=config.eval_rounds,
+                      glyphs_per_set=config.glyphs_per_set, bank=test_bank, device=device)
+    # what an untrained encoder of the same shape scores: the floor that training must beat
+    untrained = evaluate_encoders(config.world, model.image_encoder, text_encoder, tokenizer, **evaluation)
+    # weight decay on matrices only: decaying biases, norms and the temperature s would pull them towards 0
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": config.weight_decay},
+                                   {"params": others, "weight_decay": 0.0}], lr=config.lr)
+    logger = CSVLogger(out_dir / LOG_NAME)
+
+    model.train()
+    bar = tqdm(range(config.steps), desc=f"encoders ({config.world})")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        if config.world == "shapes":
+            seeds = range(step * config.batch_size, (step + 1) * config.batch_size)  # fresh pairs every step
+            images, prompts = styled_pairs(world, seeds)
+            tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
+            loss, top1 = model.image_text_loss(images.to(device), tokens)
+        else:
+            _, sets_a, sets_b = sample_glyph_sets(bank, min(config.batch_size, bank.shape[0]),
+                                                  config.glyphs_per_set, generator)
+            loss, top1 = model.glyph_set_loss(sets_a.to(device), sets_b.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % config.log_every == 0 or step == config.steps - 1:
+            temperature = 1 / model.scale().exp().item()
+            logger.log(step=step, loss=loss.item(), batch_top1=top1.item(), temperature=temperature,
+                       lr=optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{top1.item():.2f}")
+    train_seconds = time.perf_counter() - start
+
+    temperature = 1 / model.scale().exp().item()
+    metadata = {"world": config.world, "temperature": temperature, "train_config": asdict(config)}
+    model.image_encoder.save_pretrained(out_dir, metadata=metadata, dtype=torch.float16)
+    if tokenizer is not None:
+        tokenizer.save(out_dir / "tokenizer.json")
+        model.text_encoder.save_pretrained(out_dir, metadata=metadata, dtype=torch.float16)
+    plot_loss_curve(out_dir / LOG_NAME, out_dir / CURVE_NAME, keys=("loss",),
+                    title=f"{config.world}: contrastive (InfoNCE) loss")
+    metrics = evaluate_folder(out_dir, config.world, **evaluation)
+    summary = {"world": config.world, "command": command, "train_seconds": train_seconds,
+               "total_seconds": time.perf_counter() - start, "final_loss": _final_loss(out_dir / LOG_NAME),
+               "temperature": temperature, "test": metrics, "untrained": untrained, "machine": machine_description(),
+               "image_config": config_summary(image_config),
+               "image_params": sum(p.numel() for p in model.image_encoder.parameters()),
+               "text_config": config_summary(model.text_encoder.config) if text_encoder is not None else None,
+               "text_params": sum(p.numel() for p in text_encoder.parameters()) if text_encoder is not None else 0,
+               "train_config": asdict(config)}
+    write_card(out_dir / CARD_NAME, summary)
+    return summary
+
+
+def _final_loss(log_path: Path, last: int = 5) -> float:
+    """Mean of the last ``last`` logged losses: one step's loss is noisy."""
+    losses = read_log(log_path)["loss"][-last:]
+    return sum(losses) / len(losses)
+
+
+def machine_description() -> str:
+    """CPU, threads and how busy the machine was: a shared CPU makes a wall time longer than it would be alone."""
+    busy = f", load average {os.getloadavg()[1]:.1f} over the last 5 min" if hasattr(os, "getloadavg") else ""
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores{busy}, {torch.get_num_threads()} "
+            f"torch threads, torch {torch.__version__}")
+
+
+def metric_text(world: str, metrics: dict, glyphs_per_set: int = 4) -> str:
+    """One line of retrieval results, for cards and printouts."""
+    if world == "shapes":
+        return ("image -> prompt top-1 retrieval among {n} distinct test-split prompts: **{a:.3f}** "
+                "(prompt -> image {b:.3f}; chance {c:.3f}; {q} queries)").format(
+            n=metrics["candidates"], a=metrics["image_to_text"], b=metrics["text_to_image"], c=metrics["chance"],
+            q=metrics["queries"])
+    return ("same-font top-1 retrieval among {n} held-out test fonts, a set of {m} glyphs against a disjoint set of "
+            "{m}: **{a:.3f}** (reverse {b:.3f}; chance {c:.3f}; {q} queries)").format(
+        n=metrics["candidates"], m=glyphs_per_set, a=metrics["top1"], b=metrics["top1_reverse"],
+        c=metrics["chance"], q=metrics["queries"])
+
+
+def write_card(path: Path, summary: dict) -> Path:
+    """The model card: how the checkpoint was made and what it scores."""
+    world, glyphs_per_set = summary["world"], summary["train_config"]["glyphs_per_set"]
+    if world == "shapes":
+        files = "`tokenizer.json`, `text_encoder.{safetensors,json}`, `image_encoder.{safetensors,json}`"
+        positives = "a styled image and its style prompt (`ShapesWorld.styled_image`), fresh pairs every step"
+    else:
+        files = "`image_encoder.{safetensors,json}` (no prompts in this world, so no text encoder)"
+        positives = ("two disjoint glyph sets of the same font; each glyph encoded alone, a set's embedding is the "
+                     "mean of its glyphs' normalised embeddings")
+    lines = [
+        f"# Context encoders: {world}",
+        "",
+        "CLIP-style encoders trained from scratch with symmetric InfoNCE and a learnable temperature "
+        "(`ctxdiff_from_scratch/train_encoders.py`), frozen afterwards as in the paper.",
+        "",
+        f"- Command: `{summary['command']}`",
+        f"- Positives: {positives}",
+        f"- Wall time: {summary['train_seconds'] / 60:.1f} min training (data included), "
+        f"{summary['total_seconds'] / 60:.1f} min with saving and evaluation",
+        f"- Machine: {summary['machine']}",
+        f"- Final training loss (mean of the last 5 logged steps): {summary['final_loss']:.4f}; "
+        f"learned temperature {summary['temperature']:.4f}",
+        f"- Test metric (the saved fp16 weights, reloaded): {metric_text(world, summary['test'], glyphs_per_set)}",
+        f"- Untrained baseline (same architecture, random initialisation, same evaluation): "
+        f"{metric_text(world, summary['untrained'], glyphs_per_set)}",
+        f"- Image encoder ({summary['image_params']:,} parameters): {summary['image_config']}",
+    ]
+    if summary["text_config"] is not None:
+        lines.append(f"- Text encoder ({summary['text_params']:,} parameters): {summary['text_config']}")
+    lines += [
+        f"- Training config: {summary['train_config']}",
+        f"- Files: {files}, `{LOG_NAME}` (loss per logged step), `{CURVE_NAME}` (its plot)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m ctxdiff_from_scratch encoders",
+                                     description="Train (or, with --eval-only, evaluate) the CLIP-style context "
+                                                 "encoders of a world and write them to a checkpoint folder.")
+    parser.add_argument("--world", choices=WORLDS, required=True)
+    parser.add_argument("--out", help="checkpoint folder (default: data/checkpoints/<world>)")
+    parser.add_argument("--profile", choices=list(EncoderTrainConfig.PROFILES), default="cpu",
+                        help="cpu: the shipped setting; tiny: a seconds-long smoke run (default: cpu)")
+    parser.add_argument("--steps", type=int, help="optimisation steps (default: the profile's)")
+    parser.add_argument("--batch-size", type=int, help="pairs (shapes) or fonts (glyphs) per step")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
+    parser.add_argument("--device", help="cpu, cuda or mps (default: best available)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 can be faster "
+                                                    "when other programs share the CPU)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the encoders in --out, do not train")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"data/checkpoints/{args.world}")
+    device = get_device(args.device)
+    if args.eval_only:
+        config = EncoderTrainConfig.for_world(args.world, args.profile)
+        metrics = evaluate_folder(out, args.world, "test", candidates=config.eval_candidates,
+                                  rounds=config.eval_rounds, glyphs_per_set=config.glyphs_per_set, device=device)
+        print({k: round(v, 4) for k, v in metrics.items()})
+        return metrics
+    overrides = {name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
+                                                 ("lr", args.lr), ("seed", args.seed)) if value is not None}
+    config = EncoderTrainConfig.for_world(args.world, args.profile, **overrides)
+    command = " ".join(["python -m ctxdiff_from_scratch encoders", *(sys.argv[1:] if argv is None else argv)])
+    summary = train_encoders(config, out, device, command=command)
+    print(f"wrote {out}: final loss {summary['final_loss']:.4f}, test {summary['test']}, "
+          f"{summary['total_seconds'] / 60:.1f} min")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
