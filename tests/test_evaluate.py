@@ -13,7 +13,7 @@ from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, E
                                            evaluate_shapes, format_table, glyph_iou, ink, k_shot_scaling,
                                            main_eval, main_sample, mean_colour_baseline, per_image_mse, rmse)
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
-from test_guidance import SIZE, tiny_model
+from tiny_model import SIZE, tiny_model
 
 TINY = EvalConfig(episodes=3, k=2, steps=2, batch_size=2, progress=False)
 

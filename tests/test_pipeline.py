@@ -9,7 +9,7 @@ from ctxdiff_from_scratch.data import ShapesWorld
 from ctxdiff_from_scratch.images import BadImageError, load_image_as_tensor
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline, PipelineOutput
 from ctxdiff_from_scratch.plotting import to_numpy_image
-from test_guidance import SIZE, tiny_model
+from tiny_model import SIZE, tiny_model
 
 STEPS = 3
 

@@ -1,0 +1,212 @@
+"""The tiny KL autoencoder: shapes, save/load, config errors, scale factor, training, CLI, shipped checkpoints."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctxdiff_from_scratch.autoencoder import (Autoencoder, AutoencoderConfig, estimate_scale_factor,
+                                              kl_to_standard_normal)
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINTS = REPO / "data" / "checkpoints"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster than on two when other jobs share the CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("config, latent", [
+    (AutoencoderConfig.profile("tiny"), (4, 8, 8)),
+    (AutoencoderConfig(image_size=32, channels=(12, 24, 24), unshuffle=1, norm_groups=4), (4, 8, 8)),
+    (AutoencoderConfig(image_size=32, channels=(12, 24, 24), unshuffle=2, latent_channels=3, norm_groups=4),
+     (3, 4, 4)),
+    (AutoencoderConfig(image_size=64, channels=(8, 8), unshuffle=4, norm_groups=8, blocks_per_level=2), (4, 8, 8)),
+])
+def test_encode_decode_shapes(config, latent):
+    torch.manual_seed(0)
+    model = Autoencoder(config).eval()
+    x = torch.rand(2, 3, config.image_size, config.image_size)
+    z = model.encode(x)
+    assert config.latent_shape == latent
+    assert z.shape == (2, *latent)
+    y = model.decode(z)
+    assert y.shape == x.shape
+    assert y.min() >= 0 and y.max() <= 1
+    # sampling draws from q(z|x): reproducible with a generator, different from the mean
+    z1 = model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+    z2 = model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(z1, z2) and not torch.equal(z1, z)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = AutoencoderConfig.profile("tiny", scale_factor=0.5)
+    model = Autoencoder(config).eval()
+    x = torch.rand(3, 3, 32, 32)
+    model.save_pretrained(tmp_path, metadata={"note": "test"}, dtype=None)  # fp32: bitwise identical
+    loaded = Autoencoder.from_pretrained(tmp_path)
+    assert loaded.config == config
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), loaded.encode(x))
+        assert torch.equal(model.decode(model.encode(x)), loaded.decode(loaded.encode(x)))
+    model.save_pretrained(tmp_path / "fp16")  # default fp16: close, half the bytes
+    half = Autoencoder.from_pretrained(tmp_path / "fp16")
+    with torch.no_grad():
+        assert torch.allclose(model.decode(model.encode(x)), half.decode(half.encode(x)), atol=2e-2)
+    assert (tmp_path / "fp16" / "autoencoder.safetensors").stat().st_size < \
+        0.6 * (tmp_path / "autoencoder.safetensors").stat().st_size
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(channels=(6, 16)), "divisible by norm_groups"),
+    (dict(channels=(12, 20)), "must divide one another"),
+    (dict(image_size=34), "not divisible by the downsampling factor"),
+    (dict(latent_channels=0), "latent_channels must be a positive integer"),
+    (dict(channels=()), "non-empty tuple"),
+    (dict(scale_factor=-1.0), "scale_factor must be a positive"),
+])
+def test_bad_config_is_explained(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        AutoencoderConfig.profile("tiny", **overrides)
+
+
+def test_bad_inputs_are_explained():
+    model = Autoencoder(AutoencoderConfig.profile("tiny"))
+    with pytest.raises(ValueError, match="unsqueeze"):
+        model.encode(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match="latents of shape"):
+        model.decode(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="unknown autoencoder profile"):
+        AutoencoderConfig.profile("huge")
+
+
+def test_kl_formula_matches_torch_distributions():
+    mean, logvar = torch.randn(5), torch.randn(5)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(5), torch.ones(5))
+    assert torch.allclose(kl_to_standard_normal(mean, logvar), torch.distributions.kl_divergence(q, p), atol=1e-6)
+
+
+def test_scale_factor_gives_unit_variance():
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig.profile("tiny")).eval()
+    images = torch.rand(64, 3, 32, 32)
+    scale = estimate_scale_factor(model, images, batch_size=16)
+    model.config.scale_factor = scale
+    z = model.encode(images)
+    assert abs(z.std().item() - 1.0) < 1e-3
+    assert abs(scale - 1.0) > 0.05  # an untrained encoder's latents are not unit variance by chance
+
+
+# --- training, metrics, CLI ------------------------------------------------------------------------------------------
+from ctxdiff_from_scratch.train_autoencoder import (TrainConfig, autoencoder_loss, edge_f1, edge_strength,  # noqa: E402
+                                                    evaluate_autoencoder, glyph_iou, learning_rate, psnr,
+                                                    train_autoencoder)
+
+
+def _blobs(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """(n, 3, size, size) smooth random colour blobs: a learnable toy image set."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False)
+
+
+def test_a_few_training_steps_lower_the_loss():
+    images = _blobs(64)
+    config = TrainConfig(profile="tiny", steps=120, batch_size=16, lr=5e-3, warmup_steps=5, seed=0)
+    torch.manual_seed(0)
+    before = Autoencoder(AutoencoderConfig.profile("tiny")).eval()
+    with torch.no_grad():
+        loss_before = autoencoder_loss(before, images, config.kl_weight, config.edge_weight,
+                                       torch.Generator().manual_seed(0))[0].item()
+    model, summary = train_autoencoder(config, images=images, device="cpu")
+    with torch.no_grad():
+        loss_after = autoencoder_loss(model, images, config.kl_weight, config.edge_weight,
+                                      torch.Generator().manual_seed(0))[0].item()
+    assert summary["steps_done"] == 120
+    assert loss_after < 0.5 * loss_before
+    # the scale factor is set from the training images: their scaled latents have unit variance
+    assert abs(model.encode(images).std().item() - 1.0) < 0.05
+
+
+def test_training_is_reproducible_and_writes_logs(tmp_path):
+    images = _blobs(32)
+    config = TrainConfig(profile="tiny", steps=6, batch_size=8, warmup_steps=2, log_every=2, seed=3)
+    a, _ = train_autoencoder(config, out=tmp_path, images=images, device="cpu")
+    b, _ = train_autoencoder(config, images=images, device="cpu")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert (tmp_path / "autoencoder_log.csv").read_text().startswith("step,loss,rec,kl,lr,img_per_s,elapsed_s")
+    assert (tmp_path / "autoencoder_loss.png").stat().st_size > 1000
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(steps=100, warmup_steps=10, lr=1e-3)
+    assert learning_rate(0, config) == pytest.approx(1e-4)
+    assert learning_rate(10, config) == pytest.approx(1e-3)
+    assert learning_rate(100, config) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="unknown world"):
+        TrainConfig(world="mnist")
+
+
+def test_metrics_on_known_cases():
+    x = torch.zeros(2, 3, 8, 8)
+    x[:, :, 3, :] = 1.0  # one bright horizontal line
+    assert psnr(x, x).min().item() == pytest.approx(100.0)
+    assert psnr(torch.full_like(x, 0.5), torch.zeros_like(x)).tolist() == pytest.approx([6.0206] * 2, abs=1e-3)
+    assert edge_f1(x, x) == 1.0
+    shifted = torch.roll(x, 1, dims=2)
+    assert edge_f1(shifted, x) == 0.0
+    half = x.clone()
+    half[:, :, 3, 4:] = 0.0  # half the line lost: precision 1, recall 1/2 -> F1 = 2/3
+    assert edge_f1(half, x) == pytest.approx(2 / 3)
+    ink = 1.0 - x  # dark line on white
+    assert glyph_iou(1.0 - half, ink).tolist() == pytest.approx([0.5, 0.5])
+    strength = edge_strength(x)
+    assert strength.shape == (2, 1, 8, 8)
+    assert strength[0, 0, :, 0].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]  # the line and its two neighbours
+
+
+def test_cli_help(capsys):
+    from ctxdiff_from_scratch.__main__ import main as package_main
+    from ctxdiff_from_scratch.train_autoencoder import main
+
+    for run in (lambda: main(["--help"]), lambda: package_main(["autoencoder", "--help"])):
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert "--world" in out and "--minutes" in out and "--batch-size" in out
+    # and the module runs as a script
+    result = subprocess.run([sys.executable, "-m", "ctxdiff_from_scratch.train_autoencoder", "--help"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0 and "--world" in result.stdout, result.stderr
+
+
+# --- shipped checkpoints: load them and measure the targets on a fresh test sample ------------------------------------
+def test_shipped_shapes_autoencoder_meets_targets():
+    from ctxdiff_from_scratch.data import ShapesWorld
+
+    model = Autoencoder.from_pretrained(CHECKPOINTS / "shapes")
+    assert model.config.latent_shape == AutoencoderConfig.profile("cpu").latent_shape
+    metrics = evaluate_autoencoder(model, ShapesWorld(split="test"), n=32, seed=1000)
+    assert metrics["psnr_img"] >= 28.0, metrics
+    assert metrics["edge_f1_edge"] >= 0.9, metrics
+    assert metrics["psnr_seg"] >= 28.0 and metrics["psnr_depth"] >= 28.0, metrics
+
+
+def test_shipped_glyphs_autoencoder_meets_targets():
+    from ctxdiff_from_scratch.data import GlyphWorld
+
+    model = Autoencoder.from_pretrained(CHECKPOINTS / "glyphs")
+    metrics = evaluate_autoencoder(model, GlyphWorld(split="test", progress=False), n=64, seed=1000)
+    assert metrics["glyph_iou"] >= 0.95, metrics
