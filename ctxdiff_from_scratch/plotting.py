@@ -47,3 +47,39 @@ def episode_figure(episodes, max_k: int | None = None, row_labels: Sequence[str]
                           ha="right", va="center", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def image_grid(rows: Sequence[Sequence[torch.Tensor | None]], titles: Sequence[Sequence[str]] = (),
+               row_labels: Sequence[str] = (), cell: tuple[float, float] = (1.3, 1.45)) -> plt.Figure:
+    """A grid of images: ``rows`` is a list of rows, each a list of (3, H, W) images (None leaves a cell blank);
+    ``titles`` has the same nesting; ``row_labels`` are written left of each row. Returns the figure."""
+    cols = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cell[0] * cols, cell[1] * len(rows)), squeeze=False)
+    titles = list(titles) + [()] * (len(rows) - len(titles))
+    for r, row in enumerate(rows):
+        row_titles = list(titles[r]) + [""] * (cols - len(titles[r]))
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(row) and row[c] is not None:
+                ax.imshow(to_numpy_image(row[c]), interpolation="nearest")
+                ax.set_title(row_titles[c])
+        if r < len(row_labels):
+            axes[r, 0].text(-0.15, 0.5, row_labels[r], transform=axes[r, 0].transAxes, rotation=90,
+                            ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def png_bytes(image: torch.Tensor, scale: int = 1) -> bytes:
+    """(3, H, W) in [0, 1] -> the bytes of a PNG file, each pixel a ``scale`` x ``scale`` block (for
+    ``ipywidgets.Image``, which shows small images blurred unless they are enlarged first)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (to_numpy_image(image) * 255).round().astype(np.uint8)  # (H, W, 3)
+    pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)  # (H, W, 3) -> (scale*H, scale*W, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="png")
+    return buffer.getvalue()
