@@ -1,6 +1,6 @@
 """Train the tiny autoencoder of a world, evaluate it on the world's test split, and ship it with a model card.
 
-    python -m ctxdiff_from_scratch autoencoder --world shapes --out data/checkpoints/shapes --steps 2400
+    python -m ctxdiff_from_scratch autoencoder --world shapes --out data/checkpoints/shapes --steps 6000 --threads 1
     python -m ctxdiff_from_scratch.train_autoencoder --world glyphs --out data/checkpoints/glyphs --minutes 5
 
 The images come from the world's *train* split episodes (queries, contexts and targets: everything the diffusion model
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     model, summary = train_autoencoder(config, out=args.out, device=args.device)
     model.cpu().save_pretrained(args.out)
-    shipped = Autoencoder.from_pretrained(args.out)  # the metrics describe the fp16 file a user loads, not the fp32 model
+    shipped = Autoencoder.from_pretrained(args.out)  # metrics describe the fp16 file a user loads, not the fp32 model
     metrics = evaluate_autoencoder(shipped, make_world(config.world, "test"), n=config.eval_images)
     card = save_run(args.out, command, config, shipped, summary, metrics, time.perf_counter() - start)
     print(f"summary: {summary}")

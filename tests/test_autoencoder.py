@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctxdiff_from_scratch.autoencoder import (Autoencoder, AutoencoderConfig, estimate_scale_factor,
-                                              kl_to_standard_normal)
+from ctxdiff_from_scratch.autoencoder import (Autoencoder, AutoencoderConfig, channel_shortcut,
+                                              estimate_scale_factor, kl_to_standard_normal)
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "data" / "checkpoints"
@@ -88,6 +88,23 @@ def test_bad_inputs_are_explained():
         model.decode(torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="unknown autoencoder profile"):
         AutoencoderConfig.profile("huge")
+
+
+def test_channel_shortcut_repeats_and_averages():
+    x = torch.randn(2, 6, 4, 4)
+    wide = channel_shortcut(x, 12)  # each channel twice
+    assert torch.equal(wide[:, 0], x[:, 0]) and torch.equal(wide[:, 1], x[:, 0]) and torch.equal(wide[:, 2], x[:, 1])
+    assert torch.allclose(channel_shortcut(wide, 6), x)  # averaging the copies undoes the repeat
+    assert torch.allclose(channel_shortcut(x, 3)[:, 0], x[:, :2].mean(1))
+
+
+def test_untrained_autoencoder_is_its_shortcuts():
+    """Every learned branch starts at zero (DC-AE + zero init): a flat grey image passes through unchanged."""
+    model = Autoencoder(AutoencoderConfig.profile("cpu")).eval()
+    grey = torch.full((2, 3, 64, 64), 0.3)
+    grey[1] = 0.8
+    with torch.no_grad():
+        assert torch.allclose(model.decode(model.encode(grey)), grey, atol=1e-5)
 
 
 def test_kl_formula_matches_torch_distributions():
