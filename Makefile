@@ -35,7 +35,7 @@ test-notebooks: setup
 notebooks: setup
 	@for nb in $(NOTEBOOKS); do \
 		echo "executing $$nb"; \
-		(cd notebooks && $(NB_ENV) ../$(PY) -m papermill --log-level WARNING --kernel python3 $$(basename $$nb) $$(basename $$nb)) || exit 1; \
+		(cd notebooks && $(NB_ENV) ../$(PY) -m papermill --log-level WARNING --execution-timeout 1200 --kernel python3 $$(basename $$nb) $$(basename $$nb)) || exit 1; \
 	done
 
 benchmarks: setup
