@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 # Progress bars off and one plot backend, identically when notebooks are executed and when nbval checks them.
 NB_ENV := TQDM_DISABLE=1 MPLBACKEND=module://matplotlib_inline.backend_inline PYTHONHASHSEED=0
 
-.PHONY: setup demo test test-unit test-notebooks notebooks benchmarks clean
+.PHONY: setup demo test test-unit test-notebooks notebooks benchmarks time-to-quality clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,15 @@ notebooks: setup
 		(cd notebooks && $(NB_ENV) ../$(PY) -m papermill --log-level WARNING --execution-timeout 1200 --kernel python3 $$(basename $$nb) $$(basename $$nb)) || exit 1; \
 	done
 
+# The quick speed scripts; time_to_quality.py trains a whole stack (~45 min) and has a target of its own.
+QUICK_BENCHMARKS := $(filter-out benchmarks/time_to_quality.py,$(wildcard benchmarks/*.py))
+WORLD ?= shapes
+
 benchmarks: setup
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in $(QUICK_BENCHMARKS); do echo "== $$script"; $(PY) $$script || exit 1; done
+
+time-to-quality: setup
+	$(PY) benchmarks/time_to_quality.py --world $(WORLD)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

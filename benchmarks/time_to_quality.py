@@ -1,0 +1,140 @@
+"""Time to quality: train one world's whole stack from scratch with the `cpu` recipe, then measure what it reached.
+
+The goal (issue 5): on a 2-core CPU the learner's recipe trains autoencoder, encoders and both denoiser stages in
+at most 45 minutes of wall time, to this quality on the test split:
+
+* ShapesWorld: on the forward tasks (edge2img, seg2img, depth2img), context only (C) lowers RMSE by >= 40% against
+  neither context nor prompt (none);
+* GlyphWorld: glyph IoU with k = 3 context glyphs above the trivial baseline of returning the query glyph.
+
+Every phase is the project's own command, run as a subprocess exactly as a learner would type it (printed before it
+runs, its output in ``OUT/logs/``):
+
+1. ``autoencoder`` and ``encoders`` side by side, one thread each: they do not depend on each other, and neither is
+   big enough to use two threads well; both write into ``OUT/parts``;
+2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``;
+3. ``train --stage 2`` (query adapter, base encoder frozen) for ``--stage2-minutes``;
+4. ``eval`` on the test split (timed apart: it measures the model, it is not part of the recipe).
+
+Prints each phase's wall time, the total training time against the budget, the quality against its target, and
+writes ``OUT/time_to_quality.json``. ``OUT/stage2`` is then a complete pipeline folder
+(``ContextDiffusionPipeline.from_pretrained``).
+
+Run: ``.venv/bin/python benchmarks/time_to_quality.py --world shapes`` (about 45 minutes; ``make time-to-quality``).
+``--smoke`` runs the same phases with the tiny profiles in about a minute (used by the tests): its numbers mean
+nothing, it only checks that the phases fit together.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACKAGE = [sys.executable, "-m", "ctxdiff_from_scratch"]
+BUDGET_MINUTES = 45.0
+SHAPES_GAIN_TARGET = 0.40
+FORWARD_TASKS = ("edge2img", "seg2img", "depth2img")
+
+
+def phase_commands(world: str, out: Path, args: argparse.Namespace) -> dict[str, list[list[str]]]:
+    """{phase: [command, ...]}: the commands of a phase run side by side; phases run one after another."""
+    parts, pool = out / "parts", out / "pool.safetensors"
+    tiny = ["--profile", "tiny"] if args.smoke else []
+    # The autoencoder's tiny profile is only a smaller model: its step count is set apart.
+    short = ["--steps", "20", "--eval-images", "8"] if args.smoke else []
+    train = [*PACKAGE, "train", "--world", world, "--parts", str(parts), "--pool-cache", str(pool),
+             "--threads", str(args.threads), *tiny]
+    evaluate = [*PACKAGE, "eval", "--checkpoint", str(out / "stage2"), "--out", str(out / "eval.json"),
+                "--episodes", str(args.episodes), "--settings", "C", "none", "--no-progress"]
+    if world == "shapes":
+        evaluate += ["--tasks", *FORWARD_TASKS]
+    return {
+        "frozen parts": [
+            [*PACKAGE, "autoencoder", "--world", world, "--out", str(parts), "--threads", "1", *tiny, *short],
+            [*PACKAGE, "encoders", "--world", world, "--out", str(parts), "--threads", "1", *tiny],
+        ],
+        "stage 1": [[*train, "--stage", "1", "--out", str(out / "stage1"), "--minutes", str(args.stage1_minutes)]],
+        "stage 2": [[*train, "--stage", "2", "--init", str(out / "stage1"), "--out", str(out / "stage2"),
+                     "--minutes", str(args.stage2_minutes), "--save-dtype", "float16"]],
+        "eval": [evaluate],
+    }
+
+
+def run_phase(name: str, commands: list[list[str]], log_dir: Path) -> float:
+    """Run ``commands`` side by side; return the phase's wall-clock seconds. Stops with the log's tail on a failure."""
+    start, running = time.perf_counter(), []
+    for i, command in enumerate(commands):
+        print(f"[{name}] $ {shlex.join(command)}", flush=True)
+        log_path = log_dir / f"{name.replace(' ', '_')}_{i}.log"
+        log = log_path.open("w")
+        running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, log_path))
+    failed = []
+    for process, log, log_path in running:
+        if process.wait() != 0:
+            failed.append(log_path)
+        log.close()
+    if failed:
+        tails = "\n".join(f"--- {p} (last lines)\n" + "\n".join(p.read_text().splitlines()[-15:]) for p in failed)
+        raise SystemExit(f"phase {name!r} failed:\n{tails}")
+    seconds = time.perf_counter() - start
+    print(f"[{name}] {seconds / 60:.1f} min", flush=True)
+    return seconds
+
+
+def quality(world: str, results: dict) -> dict:
+    """The measured quality, its target and whether it is met."""
+    if world == "shapes":
+        forward = results["rmse"]["forward"]
+        gain = results["context_gain_forward"]
+        return {"rmse_forward_C": forward["C"], "rmse_forward_none": forward["none"],
+                "rmse_forward_mean_colour": forward["baseline_mean_colour"], "context_gain_forward": gain,
+                "target": f"context_gain_forward >= {SHAPES_GAIN_TARGET}", "met": gain >= SHAPES_GAIN_TARGET}
+    iou = results["iou"]["font2font"]
+    return {"iou_C": iou["C"], "iou_none": iou["none"], "iou_query_glyph": iou["baseline_query_glyph"],
+            "target": "iou_C > iou_query_glyph", "met": iou["C"] > iou["baseline_query_glyph"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", choices=("shapes", "glyphs"), default="shapes")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/time_to_quality-<world>)")
+    parser.add_argument("--stage1-minutes", type=float, default=8.0, help="wall-time cap of denoiser stage 1")
+    parser.add_argument("--stage2-minutes", type=float, default=24.0, help="wall-time cap of denoiser stage 2")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the denoiser stages")
+    parser.add_argument("--episodes", type=int, default=64, help="test episodes per task for the evaluation")
+    parser.add_argument("--smoke", action="store_true", help="tiny profiles, seconds per phase: checks the wiring")
+    args = parser.parse_args()
+    if args.smoke:
+        args.stage1_minutes = args.stage2_minutes = 0.1
+        args.episodes = 2
+    out = args.out or Path(f"runs/time_to_quality-{args.world}")
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: the benchmark trains from scratch; give a new --out or remove it.")
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    phases = phase_commands(args.world, out, args)
+    seconds = {name: run_phase(name, commands, log_dir) for name, commands in phases.items()}
+    train_minutes = sum(s for name, s in seconds.items() if name != "eval") / 60
+    measured = quality(args.world, json.loads((out / "eval.json").read_text()))
+    summary = {"world": args.world, "smoke": args.smoke, "cpu_count": os.cpu_count(),
+               "phase_minutes": {name: round(s / 60, 2) for name, s in seconds.items()},
+               "train_minutes": round(train_minutes, 2), "budget_minutes": BUDGET_MINUTES,
+               "within_budget": train_minutes <= BUDGET_MINUTES, "quality": measured,
+               "commands": {name: [shlex.join(c) for c in cmds] for name, cmds in phases.items()}}
+    (out / "time_to_quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    print(f"\n{args.world}: whole stack trained in {train_minutes:.1f} min (budget {BUDGET_MINUTES:.0f}: "
+          f"{'met' if summary['within_budget'] else 'MISSED'})")
+    for key, value in measured.items():
+        print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    print(f"quality target {'met' if measured['met'] else 'MISSED'}; wrote {out / 'time_to_quality.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The time-to-quality benchmark's wiring: every phase's command runs and the summary is written (tiny profiles)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_time_to_quality_smoke_runs_every_phase(tmp_path):
+    out = tmp_path / "ttq"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke",
+                             "--threads", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "time_to_quality.json").read_text())
+    assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}
+    assert summary["smoke"] and summary["world"] == "shapes"
+    assert 0 <= summary["quality"]["rmse_forward_C"] <= 1
+    assert (out / "stage2" / "denoiser.safetensors").exists()
+    assert "whole stack trained in" in result.stdout
+
+
+def test_time_to_quality_refuses_a_used_folder(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke",
+                             "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0 and "not empty" in result.stderr
