@@ -13,8 +13,12 @@ runs, its output in ``OUT/logs/``):
 1. ``autoencoder`` and ``encoders`` side by side, one thread each: they do not depend on each other, and neither is
    big enough to use two threads well; both write into ``OUT/parts``;
 2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``;
-3. ``train --stage 2`` (query adapter, base encoder frozen) for ``--stage2-minutes``;
+3. ``train --stage 2`` (query adapter, base encoder frozen) for the rest of the budget (``--budget-minutes`` minus
+   what the phases before took, minus ``STAGE2_RESERVE_MINUTES`` for loading and saving), or ``--stage2-minutes``;
 4. ``eval`` on the test split (timed apart: it measures the model, it is not part of the recipe).
+
+Each finished phase is recorded in ``OUT/phases.json`` (wall seconds and commands); ``--resume`` continues an
+interrupted run from the first unrecorded phase, whose partial output is removed first, and counts the recorded times.
 
 Prints each phase's wall time, the total training time against the budget, the quality against its target, and
 writes ``OUT/time_to_quality.json``. ``OUT/stage2`` is then a complete pipeline folder
@@ -30,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -37,11 +42,19 @@ from pathlib import Path
 
 PACKAGE = [sys.executable, "-m", "ctxdiff_from_scratch"]
 BUDGET_MINUTES = 45.0
+# Stage 2's time cap covers its training loop; loading the parts and the pool and saving the model come on top.
+STAGE2_RESERVE_MINUTES = 1.5
+# Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
+# reaches (~3.6 steps/s there), so a faster machine trains longer rather than stopping early.
+STAGE2_MAX_STEPS = 20000
+PHASES = ("frozen parts", "stage 1", "stage 2", "eval")
+PHASE_OUTPUT = {"frozen parts": "parts", "stage 1": "stage1", "stage 2": "stage2", "eval": "eval.json"}
 SHAPES_GAIN_TARGET = 0.40
 FORWARD_TASKS = ("edge2img", "seg2img", "depth2img")
 
 
-def phase_commands(world: str, out: Path, args: argparse.Namespace) -> dict[str, list[list[str]]]:
+def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minutes: float
+                   ) -> dict[str, list[list[str]]]:
     """{phase: [command, ...]}: the commands of a phase run side by side; phases run one after another."""
     parts, pool = out / "parts", out / "pool.safetensors"
     tiny = ["--profile", "tiny"] if args.smoke else []
@@ -60,7 +73,8 @@ def phase_commands(world: str, out: Path, args: argparse.Namespace) -> dict[str,
         ],
         "stage 1": [[*train, "--stage", "1", "--out", str(out / "stage1"), "--minutes", str(args.stage1_minutes)]],
         "stage 2": [[*train, "--stage", "2", "--init", str(out / "stage1"), "--out", str(out / "stage2"),
-                     "--minutes", str(args.stage2_minutes), "--save-dtype", "float16"]],
+                     "--minutes", f"{stage2_minutes:.2f}",
+                     *([] if args.smoke else ["--steps", str(STAGE2_MAX_STEPS)]), "--save-dtype", "float16"]],
         "eval": [evaluate],
     }
 
@@ -104,32 +118,55 @@ def main() -> None:
     parser.add_argument("--world", choices=("shapes", "glyphs"), default="shapes")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/time_to_quality-<world>)")
     parser.add_argument("--stage1-minutes", type=float, default=8.0, help="wall-time cap of denoiser stage 1")
-    parser.add_argument("--stage2-minutes", type=float, default=24.0, help="wall-time cap of denoiser stage 2")
+    parser.add_argument("--stage2-minutes", type=float, default=None,
+                        help="wall-time cap of denoiser stage 2 (default: what is left of the budget)")
+    parser.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES, help="the whole stack's time goal")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the denoiser stages")
     parser.add_argument("--episodes", type=int, default=64, help="test episodes per task for the evaluation")
     parser.add_argument("--smoke", action="store_true", help="tiny profiles, seconds per phase: checks the wiring")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out after its recorded phases")
     args = parser.parse_args()
     if args.smoke:
         args.stage1_minutes = args.stage2_minutes = 0.1
         args.episodes = 2
     out = args.out or Path(f"runs/time_to_quality-{args.world}")
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} is not empty: the benchmark trains from scratch; give a new --out or remove it.")
+    record = out / "phases.json"
+    if args.resume:
+        done = json.loads(record.read_text()) if record.exists() else {}
+    elif out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: the benchmark trains from scratch; give a new --out, remove it, or "
+                         "--resume it.")
+    else:
+        done = {}
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    phases = phase_commands(args.world, out, args)
-    seconds = {name: run_phase(name, commands, log_dir) for name, commands in phases.items()}
+    seconds = {name: done[name]["seconds"] for name in PHASES if name in done}
+    commands = {name: [shlex.split(c) for c in done[name]["commands"]] for name in seconds}
+    for name in PHASES:
+        if name in seconds:
+            print(f"[{name}] recorded: {seconds[name] / 60:.1f} min", flush=True)
+            continue
+        shutil.rmtree(out / PHASE_OUTPUT[name], ignore_errors=True)
+        stage2_minutes = args.stage2_minutes or (args.budget_minutes - sum(seconds.values()) / 60
+                                                 - STAGE2_RESERVE_MINUTES)
+        if name == "stage 2" and stage2_minutes <= 0:
+            raise SystemExit(f"no time left for stage 2: the phases before took {sum(seconds.values()) / 60:.1f} "
+                             f"of {args.budget_minutes} minutes.")
+        commands[name] = phase_commands(args.world, out, args, stage2_minutes)[name]
+        seconds[name] = run_phase(name, commands[name], log_dir)
+        done[name] = {"seconds": round(seconds[name], 1), "commands": [shlex.join(c) for c in commands[name]]}
+        record.write_text(json.dumps(done, indent=2) + "\n")
     train_minutes = sum(s for name, s in seconds.items() if name != "eval") / 60
     measured = quality(args.world, json.loads((out / "eval.json").read_text()))
     summary = {"world": args.world, "smoke": args.smoke, "cpu_count": os.cpu_count(),
                "phase_minutes": {name: round(s / 60, 2) for name, s in seconds.items()},
-               "train_minutes": round(train_minutes, 2), "budget_minutes": BUDGET_MINUTES,
-               "within_budget": train_minutes <= BUDGET_MINUTES, "quality": measured,
-               "commands": {name: [shlex.join(c) for c in cmds] for name, cmds in phases.items()}}
+               "train_minutes": round(train_minutes, 2), "budget_minutes": args.budget_minutes,
+               "within_budget": train_minutes <= args.budget_minutes, "quality": measured,
+               "commands": {name: [shlex.join(c) for c in cmds] for name, cmds in commands.items()}}
     (out / "time_to_quality.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    print(f"\n{args.world}: whole stack trained in {train_minutes:.1f} min (budget {BUDGET_MINUTES:.0f}: "
+    print(f"\n{args.world}: whole stack trained in {train_minutes:.1f} min (budget {args.budget_minutes:g}: "
           f"{'met' if summary['within_budget'] else 'MISSED'})")
     for key, value in measured.items():
         print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")

@@ -24,35 +24,27 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from .data import Episode, GlyphWorld, ShapesWorld, collate_episodes
+from .data import WORLDS, Episode, GlyphWorld, ShapesWorld, collate_episodes
 from .data.shapes import OUT_OF_DOMAIN_TASKS
-from .evaluate import EvalConfig, generate_episodes, glyph_iou, mean_colour_baseline, per_image_mse
+from .evaluate import EvalConfig, SamplingSettings, generate_episodes, glyph_iou, mean_colour_baseline, per_image_mse
 from .plotting import episode_figure, image_grid, set_plot_style
 
 DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-WORLDS = ("shapes", "glyphs")
 # The settings that differ in each world (without prompts, C+P would be C and P would be none).
 SETTINGS_SHOWN = {"shapes": ("C+P", "C", "P"), "glyphs": ("C", "none")}
 TRAINED_FILE = "denoiser.safetensors"
 
 
 @dataclass
-class DemoConfig:
-    """What the sample figures show and how they are generated.
+class DemoConfig(SamplingSettings):
+    """What the sample figures show and how they are generated (the sampling settings are those of ``eval``).
 
     checkpoints: folder holding one model folder per world (``shapes/``, ``glyphs/``)
-    seed: episode seeds start here and all noise is seeded with it; k: context images per episode
-    steps, guidance_scale_context, guidance_scale_prompt, sampler: passed to the pipeline (as in ``eval``)
+    seed: episode seeds start here and all noise is seeded with it
     glyph_episodes: GlyphWorld rows (ShapesWorld shows one test episode per task)
     """
 
     checkpoints: Path = DEFAULT_CHECKPOINTS
-    seed: int = 0
-    k: int = 3
-    steps: int = 25
-    guidance_scale_context: float = 3.0
-    guidance_scale_prompt: float = 3.0
-    sampler: str = "ddim"
     glyph_episodes: int = 6
     settings: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(SETTINGS_SHOWN))
 
@@ -109,10 +101,8 @@ def demo_episodes(world: str, config: DemoConfig, size: int = 64) -> tuple[list[
 def generate_settings(pipe, episodes: list[Episode], settings: tuple[str, ...], config: DemoConfig
                       ) -> dict[str, torch.Tensor]:
     """Each setting's outputs for ``episodes`` -> {setting: (N, 3, H, W)}, all from the same starting noise."""
-    eval_config = EvalConfig(episodes=len(episodes), k=config.k, steps=config.steps,
-                             guidance_scale_context=config.guidance_scale_context,
-                             guidance_scale_prompt=config.guidance_scale_prompt, sampler=config.sampler,
-                             batch_size=len(episodes), seed=config.seed, settings=settings, progress=False)
+    eval_config = EvalConfig(**config.sampling_settings(), episodes=len(episodes), batch_size=len(episodes),
+                             settings=settings, progress=False)
     return {setting: generate_episodes(pipe, episodes, setting, eval_config) for setting in settings}
 
 

@@ -43,23 +43,35 @@ QUERY_GLYPH = "baseline_query_glyph"
 
 
 @dataclass
-class EvalConfig:
-    """How generations are made for evaluation.
+class SamplingSettings:
+    """How the pipeline is called, shared by ``eval`` (``EvalConfig``) and ``make demo`` (``demo.DemoConfig``).
 
-    episodes: test episodes per task (seeds 0 .. episodes-1); k: context images per episode (>= 1)
+    k: context images per episode (>= 1); seed: batch i starts from noise seeded with seed + i
     steps, guidance_scale_context, guidance_scale_prompt, sampler: passed to the pipeline
-    batch_size: episodes generated at once; seed: batch i starts from noise seeded with seed + i
-    settings: which of ``SETTINGS`` to run
     """
 
-    episodes: int = 64
     k: int = 3
     steps: int = 25
     guidance_scale_context: float = 3.0
     guidance_scale_prompt: float = 3.0
     sampler: str = "ddim"
-    batch_size: int = 16
     seed: int = 0
+
+    def sampling_settings(self) -> dict:
+        """Just these fields, as keyword arguments for another config that shares them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)}
+
+
+@dataclass
+class EvalConfig(SamplingSettings):
+    """How generations are made for evaluation: the sampling settings, and
+
+    episodes: test episodes per task (seeds 0 .. episodes-1); batch_size: episodes generated at once
+    settings: which of ``SETTINGS`` to run
+    """
+
+    episodes: int = 64
+    batch_size: int = 16
     settings: tuple[str, ...] = tuple(SETTINGS)
     progress: bool = True
 

@@ -70,14 +70,13 @@ from tqdm.auto import tqdm
 from .adapter import QueryAdapter, freeze_base_encoder
 from .checkpoint import config_from_dict, load_part, save_part
 from .config import AdapterConfig, UNET_PROFILES
+from .data import WORLDS, make_world
 from .device import get_device, seed_everything
 from .episode_cache import EpisodePool, load_or_build_pool
 from .model import ContextDiffusionModel, Denoiser, FrozenParts, ModelConfig
 from .runlog import CSVLogger, plot_loss_curve, read_log
 from .schedule import NoiseSchedule, ScheduleConfig
-from .train_autoencoder import make_world
 
-WORLDS = ("shapes", "glyphs")
 DEFAULT_PARTS_ROOT = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 LOG_NAME, CURVE_NAME, SUMMARY_NAME = "train_log.csv", "train_loss.png", "train_summary.json"
 CHECKPOINT_DIR, LATEST_NAME = "checkpoints", "latest.json"

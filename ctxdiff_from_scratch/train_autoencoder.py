@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from .autoencoder import Autoencoder, AutoencoderConfig, AUTOENCODER_PROFILES, estimate_scale_factor, \
     with_scale_factor
+from .data import WORLDS, make_world
 from .device import get_device, seed_everything
 from .runlog import CSVLogger, plot_loss_curve
 
-WORLDS = ("shapes", "glyphs")
 # Map kinds whose foreground is thin bright strokes on black: scored by edge-pixel F1.
 STROKE_KINDS = ("edge", "canny", "scribble")
 # Dark ink on white: scored by glyph IoU. GlyphWorld's only task is font2font, so its target kind is "font".
@@ -72,17 +72,6 @@ class TrainConfig:
                              f"kl_weight={self.kl_weight}, edge_weight={self.edge_weight}.")
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive (or None for no time cap), got {self.minutes}.")
-
-
-def make_world(name: str, split: str, size: int = 64):
-    """``ShapesWorld`` or ``GlyphWorld`` of ``split`` at ``size`` pixels."""
-    from .data import GlyphWorld, ShapesWorld  # imported here: the model module stays free of data code
-
-    if name == "shapes":
-        return ShapesWorld(split=split, size=size)
-    if name == "glyphs":
-        return GlyphWorld(split=split, size=size, progress=False)
-    raise ValueError(f"unknown world {name!r}; choose one of {WORLDS}.")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -215,7 +215,7 @@ def test_cli_help(capsys):
 def _shipped(world: str) -> tuple[dict, dict]:
     """Metrics of the shipped checkpoint, computed now on the card's test sample, and the metrics its card recorded."""
     from ctxdiff_from_scratch.checkpoint import load_part
-    from ctxdiff_from_scratch.train_autoencoder import make_world
+    from ctxdiff_from_scratch.data import make_world
 
     model = Autoencoder.from_pretrained(CHECKPOINTS / world)
     assert model.config.latent_shape == AutoencoderConfig.profile("cpu").latent_shape

@@ -25,3 +25,20 @@ def test_time_to_quality_refuses_a_used_folder(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke",
                              "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode != 0 and "not empty" in result.stderr
+
+
+def test_time_to_quality_resume_keeps_recorded_phases(tmp_path):
+    out = tmp_path / "ttq"
+    script = [sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke", "--threads", "1",
+              "--out", str(out)]
+    assert subprocess.run(script, capture_output=True, cwd=ROOT).returncode == 0
+    record = json.loads((out / "phases.json").read_text())
+    frozen_seconds = record["frozen parts"]["seconds"]
+    del record["stage 2"], record["eval"]  # as if the run had been killed during stage 2
+    (out / "phases.json").write_text(json.dumps(record))
+    result = subprocess.run([*script, "--resume"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[frozen parts] recorded" in result.stdout and "[stage 2] $" in result.stdout
+    summary = json.loads((out / "time_to_quality.json").read_text())
+    assert summary["phase_minutes"]["frozen parts"] == round(frozen_seconds / 60, 2)
+    assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}

@@ -208,6 +208,13 @@ def test_cli_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
     assert 0.0 <= summary["test"]["image_to_text"] <= 1.0 and summary["test"]["queries"] == 8
 
 
+def test_cli_training_never_overwrites_the_shipped_encoders_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["--world", "shapes", "--profile", "tiny", "--device", "cpu"])
+    assert (tmp_path / "runs" / "parts-shapes" / "image_encoder.safetensors").is_file()
+    assert not (tmp_path / "data").exists()
+
+
 SHIPPED_TARGETS = {"shapes": ("image_to_text", 0.8), "glyphs": ("top1", 0.6)}
 
 
