@@ -28,6 +28,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -227,6 +228,17 @@ class Upsample(nn.Module):
         return h + F.pixel_shuffle(channel_shortcut(x, 4 * self.out_channels), 2)
 
 
+def resnet_levels(widths: Sequence[int], config: AutoencoderConfig, resize: type[nn.Module]) -> nn.Sequential:
+    """``blocks_per_level`` ResBlocks at each width, with ``resize(width, next_width)`` between consecutive levels
+    (``Downsample`` in the encoder, ``Upsample`` in the decoder, which walks the widths in reverse)."""
+    layers: list[nn.Module] = []
+    for i, width in enumerate(widths):
+        layers += [ResBlock(width, config.norm_groups) for _ in range(config.blocks_per_level)]
+        if i < len(widths) - 1:
+            layers.append(resize(width, widths[i + 1]))
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     """x (B, 3, H, W) in [-1, 1] -> posterior moments (B, 2c, H/f, W/f): mean and log-variance stacked."""
 
@@ -235,12 +247,7 @@ class Encoder(nn.Module):
         ch, self.latent_channels = config.channels, config.latent_channels
         self.unshuffle = nn.PixelUnshuffle(config.unshuffle)
         self.conv_in = zero_init(nn.Conv2d(config.image_channels * config.unshuffle**2, ch[0], 3, padding=1))
-        layers: list[nn.Module] = []
-        for i, width in enumerate(ch):
-            layers += [ResBlock(width, config.norm_groups) for _ in range(config.blocks_per_level)]
-            if i < len(ch) - 1:
-                layers.append(Downsample(width, ch[i + 1]))
-        self.levels = nn.Sequential(*layers)
+        self.levels = resnet_levels(ch, config, Downsample)
         self.norm_out = nn.GroupNorm(config.norm_groups, ch[-1])
         self.conv_out = zero_init(nn.Conv2d(ch[-1], 2 * config.latent_channels, 3, padding=1))
         with torch.no_grad():
@@ -262,12 +269,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch = config.channels[::-1]  # widest first: the decoder mirrors the encoder
         self.conv_in = zero_init(nn.Conv2d(config.latent_channels, ch[0], 3, padding=1))
-        layers: list[nn.Module] = []
-        for i, width in enumerate(ch):
-            layers += [ResBlock(width, config.norm_groups) for _ in range(config.blocks_per_level)]
-            if i < len(ch) - 1:
-                layers.append(Upsample(width, ch[i + 1]))
-        self.levels = nn.Sequential(*layers)
+        self.levels = resnet_levels(ch, config, Upsample)
         self.norm_out = nn.GroupNorm(config.norm_groups, ch[-1])
         self.conv_out = zero_init(nn.Conv2d(ch[-1], config.image_channels * config.unshuffle**2, 3, padding=1))
         self.shuffle = nn.PixelShuffle(config.unshuffle)

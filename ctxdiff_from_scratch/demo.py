@@ -16,7 +16,6 @@ The episode galleries (one row per task or font, both splits) are written too, a
 from __future__ import annotations
 
 import argparse
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 
 from .data import WORLDS, Episode, GlyphWorld, ShapesWorld, collate_episodes
 from .data.shapes import OUT_OF_DOMAIN_TASKS
-from .evaluate import EvalConfig, SamplingSettings, generate_episodes, glyph_iou, mean_colour_baseline, per_image_mse
+from .evaluate import (EvalConfig, SamplingSettings, generate_episodes, glyph_iou, mean_colour_baseline,
+                       per_image_mse, rmse)
 from .plotting import episode_figure, image_grid, set_plot_style
 
 DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
@@ -142,8 +142,7 @@ def summary_line(world: str, episodes: list[Episode], outputs: dict[str, torch.T
         metric = "mean glyph IoU (higher is better)"
     else:
         columns = {**outputs, "mean colour": mean_colour_baseline(batch.context, batch.context_mask)}
-        # RMSE = sqrt(mean_i MSE_i)
-        values = {c: math.sqrt(per_image_mse(out, batch.target).mean().item()) for c, out in columns.items()}
+        values = {c: rmse(out, batch.target) for c, out in columns.items()}
         metric = "RMSE (lower is better)"
     shown = ", ".join(f"{c} {v:.3f}" for c, v in values.items())
     return (f"{world}: {metric} over these {len(episodes)} episodes: {shown} (the last one is a trivial baseline; "

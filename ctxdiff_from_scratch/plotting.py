@@ -20,12 +20,12 @@ def to_numpy_image(image: torch.Tensor):
     return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (3, H, W) -> (H, W, 3)
 
 
-def show_row(axes: Sequence[plt.Axes], images: Sequence[torch.Tensor], titles: Sequence[str] = ()) -> None:
-    """Draw ``images`` on ``axes`` left to right; blank out any axes left over."""
+def show_row(axes: Sequence[plt.Axes], images: Sequence[torch.Tensor | None], titles: Sequence[str] = ()) -> None:
+    """Draw ``images`` on ``axes`` left to right (None leaves a cell blank); blank out any axes left over."""
     titles = list(titles) + [""] * (len(axes) - len(titles))
     for i, ax in enumerate(axes):
         ax.axis("off")
-        if i < len(images):
+        if i < len(images) and images[i] is not None:
             ax.imshow(to_numpy_image(images[i]), interpolation="nearest")
             ax.set_title(titles[i])
 
@@ -33,20 +33,13 @@ def show_row(axes: Sequence[plt.Axes], images: Sequence[torch.Tensor], titles: S
 def episode_figure(episodes, max_k: int | None = None, row_labels: Sequence[str] | None = None) -> plt.Figure:
     """One row per episode: query | context 1..k | target. Returns the figure (the caller shows or saves it)."""
     max_k = max_k if max_k is not None else max(ep.k for ep in episodes)
-    cols = max_k + 2
-    fig, axes = plt.subplots(len(episodes), cols, figsize=(1.3 * cols, 1.45 * len(episodes)), squeeze=False)
-    for row, ep in enumerate(episodes):
-        images = [ep.query, *ep.context[:max_k], ep.target]
-        titles = ["query", *[f"context {i + 1}" for i in range(min(ep.k, max_k))], "target"]
-        show_row(axes[row, : len(images) - 1], images[:-1], titles[:-1])
-        for ax in axes[row, len(images) - 1 : -1]:
-            ax.axis("off")
-        show_row(axes[row, -1:], images[-1:], titles[-1:])
-        label = row_labels[row] if row_labels else ep.task
-        axes[row, 0].text(-0.15, 0.5, label, transform=axes[row, 0].transAxes, rotation=90,
-                          ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    return fig
+    rows, titles = [], []
+    for ep in episodes:
+        k = min(ep.k, max_k)
+        blanks = max_k - k  # shorter contexts leave cells blank, so every target lines up in the last column
+        rows.append([ep.query, *ep.context[:k], *[None] * blanks, ep.target])
+        titles.append(["query", *[f"context {i + 1}" for i in range(k)], *[""] * blanks, "target"])
+    return image_grid(rows, titles, row_labels or [ep.task for ep in episodes])
 
 
 def image_grid(rows: Sequence[Sequence[torch.Tensor | None]], titles: Sequence[Sequence[str]] = (),
@@ -55,14 +48,8 @@ def image_grid(rows: Sequence[Sequence[torch.Tensor | None]], titles: Sequence[S
     ``titles`` has the same nesting; ``row_labels`` are written left of each row. Returns the figure."""
     cols = max(len(row) for row in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(cell[0] * cols, cell[1] * len(rows)), squeeze=False)
-    titles = list(titles) + [()] * (len(rows) - len(titles))
     for r, row in enumerate(rows):
-        row_titles = list(titles[r]) + [""] * (cols - len(titles[r]))
-        for c, ax in enumerate(axes[r]):
-            ax.axis("off")
-            if c < len(row) and row[c] is not None:
-                ax.imshow(to_numpy_image(row[c]), interpolation="nearest")
-                ax.set_title(row_titles[c])
+        show_row(axes[r], row, titles[r] if r < len(titles) else ())
         if r < len(row_labels):
             axes[r, 0].text(-0.15, 0.5, row_labels[r], transform=axes[r, 0].transAxes, rotation=90,
                             ha="right", va="center", fontsize=8)

@@ -27,6 +27,7 @@ from .autoencoder import Autoencoder, AutoencoderConfig, AUTOENCODER_PROFILES, e
     with_scale_factor
 from .data import WORLDS, make_world
 from .device import get_device, seed_everything
+from .evaluate import glyph_iou, per_image_mse
 from .runlog import CSVLogger, plot_loss_curve
 
 # Map kinds whose foreground is thin bright strokes on black: scored by edge-pixel F1.
@@ -120,9 +121,8 @@ def evaluation_images(world, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image peak signal-to-noise ratio in dB for images in [0, 1]: (B, 3, H, W) -> (B,)."""
-    mse = (reconstruction - target).pow(2).flatten(1).mean(1)  # (B, 3, H, W) -> (B,)
     # PSNR = 10 log10(MAX^2 / MSE) with MAX = 1; a perfect reconstruction is capped at 100 dB
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    return 10 * torch.log10(1.0 / per_image_mse(reconstruction, target).clamp_min(1e-10))
 
 
 def edge_f1(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
@@ -131,15 +131,6 @@ def edge_f1(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
     tp = (pred & true).sum().item()
     # F1 = 2 TP / (2 TP + FP + FN) = 2 TP / (|pred| + |true|)
     return 2 * tp / max(pred.sum().item() + true.sum().item(), 1)
-
-
-def glyph_iou(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image intersection over union of the ink (< 0.5, dark on white): (B, 3, H, W) -> (B,)."""
-    pred, true = reconstruction.mean(1) < 0.5, target.mean(1) < 0.5  # (B, 3, H, W) -> (B, H, W) bool
-    # IoU = |pred AND true| / |pred OR true|
-    inter = (pred & true).flatten(1).sum(1).float()
-    union = (pred | true).flatten(1).sum(1).float()
-    return inter / union.clamp_min(1)
 
 
 @torch.no_grad()
