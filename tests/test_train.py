@@ -151,6 +151,20 @@ def test_stage2_freezes_base_encoder_and_starts_from_stage1(stage1, tmp_path):
     assert joint.adapter is not None and all(p.requires_grad for p in joint.denoiser.parameters())
 
 
+def test_combine_mode_is_set_in_stage_1_and_inherited_in_stage_2(stage1, parts_dir, tmp_path):
+    out, _ = stage1
+    assert ContextDiffusionModel.from_pretrained(out).config.context.combine == train_module.DEFAULT_COMBINE
+    concat = build_model(tiny(parts_dir, tmp_path, combine="concat"))
+    assert concat.config.context.combine == "concat" and concat.denoiser.conditioner.config.combine == "concat"
+    inherited = build_model(TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path)))
+    assert inherited.config.context.combine == train_module.DEFAULT_COMBINE
+    other = "mean" if train_module.DEFAULT_COMBINE != "mean" else "sum"
+    with pytest.raises(ValueError, match="stage 2 keeps the stage-1 model's"):
+        build_model(TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path), combine=other))
+    with pytest.raises(ValueError, match="unknown combine mode"):
+        tiny(parts_dir, tmp_path, combine="max")
+
+
 def test_gradient_accumulation_gives_the_same_steps(parts_dir, tmp_path):
     losses = []
     for accum in (1, 2):
