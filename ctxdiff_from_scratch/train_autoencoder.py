@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--world", choices=WORLDS, default=defaults.world, help="which world's images to learn")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/checkpoints/shapes")
     parser.add_argument("--profile", choices=sorted(AUTOENCODER_PROFILES), default=defaults.profile,
-                        help=f"model size (default {defaults.profile}: 64x64 -> 4x8x8)")
+                        help=f"model size (default {defaults.profile}: 64x64 -> "
+                             f"{'x'.join(map(str, AutoencoderConfig.profile(defaults.profile).latent_shape))})")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps (sets the lr schedule)")
     parser.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
