@@ -42,3 +42,17 @@ def test_time_to_quality_resume_keeps_recorded_phases(tmp_path):
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert summary["phase_minutes"]["frozen parts"] == round(frozen_seconds / 60, 2)
     assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}
+
+
+def test_encoder_binding_probe_runs_and_reports_accuracies(tmp_path):
+    out = tmp_path / "binding.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "encoder_binding.py"), "--train-images", "64",
+                             "--eval-images", "32", "--probe-steps", "3", "--threads", "1", "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    accuracy = json.loads(out.read_text())["accuracy"]
+    assert set(accuracy) == {"LinearProbe", "AttentionProbe"}
+    for row in accuracy.values():
+        assert set(row) == {"train styles (unseen images)", "test styles"}
+        assert all(0.0 <= value <= 1.0 for value in row.values())
+    assert "colour-of-class accuracy" in result.stdout

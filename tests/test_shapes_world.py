@@ -229,6 +229,8 @@ def test_prompts_describe_the_style_or_name_the_map(train):
             assert spec.prompt == MAP_PROMPTS[spec.target_kind]
     image, prompt = train.styled_image(3)
     assert image.shape == (3, 64, 64) and " background" in prompt and torch.equal(image, train.styled_image(3)[0])
+    sample, style, classes = train.styled_sample(3)
+    assert torch.equal(sample, image) and style.describe(classes) == prompt and style == train.style(3)
 
 
 def test_collate_mixed_k(train):

@@ -219,9 +219,14 @@ class ShapesWorld:
 
     def styled_image(self, seed: int) -> tuple[torch.Tensor, str]:
         """One styled image (3, H, W) and its style in words, e.g. to train the text encoder (CLIP-style)."""
+        image, style, classes = self.styled_sample(seed)
+        return image, style.describe(classes)
+
+    def styled_sample(self, seed: int) -> tuple[torch.Tensor, Style, tuple[str, ...]]:
+        """What ``styled_image(seed)`` paints, unworded: the image (3, H, W), its Style and the classes it shows."""
         _check_seed(seed)
         style, layout, raster = self._styled_layout(self._stream(seed, _STYLED_IMAGE_TAG))
-        return torch.from_numpy(self._painter.paint(raster, style)), style.describe(layout.classes)
+        return torch.from_numpy(self._painter.paint(raster, style)), style, layout.classes
 
     def render(self, layout: Layout, style: Style) -> torch.Tensor:
         """(3, H, W) ``layout`` painted in ``style``."""
