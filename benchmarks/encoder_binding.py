@@ -35,7 +35,8 @@ ABSENT = -1  # label of a class the image does not show (ignored by the loss and
 
 @torch.no_grad()
 def encoded_dataset(encoder: ImageEncoder, split: str, seeds: range) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens (N, N_v, D_v) of the styled images ``seeds`` of ``split`` and labels (N, classes): colour index or ABSENT."""
+    """Tokens (N, N_v, D_v) of the styled images ``seeds`` of ``split``, and labels (N, classes): the colour index of
+    each class the image shows, ABSENT for the others."""
     world = ShapesWorld(split, size=encoder.config.image_size)
     images, labels = [], []
     for seed in tqdm(seeds, desc=f"encoding {split} images", leave=False):
