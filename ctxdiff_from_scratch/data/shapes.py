@@ -22,6 +22,7 @@ What other modules can use::
     world.episode(seed, task=None, k=3)        # an Episode (tensors); task=None cycles through world.train_tasks
     world.episode_spec(seed, task, k)          # the same episode unrendered: its Style, target and context Layouts
     world.styled_image(seed)                   # (image (3, H, W), style prompt), e.g. to train a text encoder
+    world.styled_sample(seed)                  # the same image with its Style and shown classes, unworded
     world.style(seed); world.layout(seed)      # a Style of the split; a Layout (even seeds in train, odd in test)
     world.render(layout, style)                # (3, H, W) image
     world.render_maps(layout, style=None)      # {"edge", "seg", "depth", "scribble", "sketch"[, "img", "canny"]}
