@@ -89,7 +89,7 @@ class ModelConfig:
     @classmethod
     def from_parts(cls, autoencoder: Autoencoder, image_encoder: ImageEncoder, text_encoder: TextEncoder | None,
                    world: str = "shapes", unet_profile: str = "cpu", adapter: bool = False,
-                   schedule: ScheduleConfig = DEFAULT_SCHEDULE, combine: str = "sum",
+                   schedule: ScheduleConfig = DEFAULT_SCHEDULE, combine: str = ContextConfig.combine,
                    **unet_overrides) -> "ModelConfig":
         """A config whose widths fit the given frozen parts: latent channels from the autoencoder, D_v from the
         image encoder, D_c from the text encoder (or D_v when the world has no prompts)."""

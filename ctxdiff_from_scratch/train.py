@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 
 from .adapter import QueryAdapter, freeze_base_encoder
 from .checkpoint import config_from_dict, load_part, save_part
-from .config import COMBINE_MODES, AdapterConfig, UNET_PROFILES
+from .config import COMBINE_MODES, AdapterConfig, ContextConfig, UNET_PROFILES
 from .data import WORLDS, make_world
 from .device import get_device, seed_everything
 from .episode_cache import EpisodePool, load_or_build_pool
@@ -80,9 +80,6 @@ from .schedule import NoiseSchedule, ScheduleConfig
 DEFAULT_PARTS_ROOT = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 LOG_NAME, CURVE_NAME, SUMMARY_NAME = "train_log.csv", "train_loss.png", "train_summary.json"
 CHECKPOINT_DIR, LATEST_NAME = "checkpoints", "latest.json"
-# How stage 1 merges the k context token sequences (--combine): the paper's sum. On ShapesWorld, switching the shipped
-# model to concat and training on for 935 steps did no better than staying with sum (forward-task RMSE 0.157 vs 0.153).
-DEFAULT_COMBINE = "sum"
 # Fields a resumed run may change; everything else must match the interrupted run, or the losses would differ.
 RESUME_OVERRIDABLE = ("steps", "minutes", "checkpoint_every", "log_every", "save_dtype", "threads")
 
@@ -317,7 +314,7 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
         model_config = ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder,
                                               world=config.world, unet_profile=config.unet_profile,
                                               adapter=config.joint, schedule=schedule,
-                                              combine=config.combine or DEFAULT_COMBINE)
+                                              combine=config.combine or ContextConfig.combine)
         model = ContextDiffusionModel(model_config, parts)
     if model.adapter is not None:
         # ControlNet's trainable copy: the adapter's encoder starts as the base encoder (random in a joint run)

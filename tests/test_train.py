@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ctxdiff_from_scratch import train as train_module
+from ctxdiff_from_scratch.config import ContextConfig
 from ctxdiff_from_scratch.data import ShapesWorld
 from ctxdiff_from_scratch.episode_cache import EpisodeGroup, EpisodePool
 from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, save_frozen_parts
@@ -153,12 +154,12 @@ def test_stage2_freezes_base_encoder_and_starts_from_stage1(stage1, tmp_path):
 
 def test_combine_mode_is_set_in_stage_1_and_inherited_in_stage_2(stage1, parts_dir, tmp_path):
     out, _ = stage1
-    assert ContextDiffusionModel.from_pretrained(out).config.context.combine == train_module.DEFAULT_COMBINE
+    assert ContextDiffusionModel.from_pretrained(out).config.context.combine == ContextConfig.combine
     concat = build_model(tiny(parts_dir, tmp_path, combine="concat"))
     assert concat.config.context.combine == "concat" and concat.denoiser.conditioner.config.combine == "concat"
     inherited = build_model(TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path)))
-    assert inherited.config.context.combine == train_module.DEFAULT_COMBINE
-    other = "mean" if train_module.DEFAULT_COMBINE != "mean" else "sum"
+    assert inherited.config.context.combine == ContextConfig.combine
+    other = "mean" if ContextConfig.combine != "mean" else "sum"
     with pytest.raises(ValueError, match="stage 2 keeps the stage-1 model's"):
         build_model(TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path), combine=other))
     with pytest.raises(ValueError, match="unknown combine mode"):
