@@ -1,6 +1,6 @@
 """Train a world's CLIP-style context encoders, evaluate them by retrieval, and write them as a checkpoint folder.
 
-    python -m ctxdiff_from_scratch encoders --world shapes   # image <-> prompt, ~4 min on a quiet 2-core CPU
+    python -m ctxdiff_from_scratch encoders --world shapes   # image <-> prompt, ~8 min on a quiet 2-core CPU
     python -m ctxdiff_from_scratch encoders --world glyphs   # 4 glyphs of a font <-> 4 others, ~4-7 min
     python -m ctxdiff_from_scratch encoders --world shapes --eval-only  # re-measure the shipped checkpoint
 
@@ -11,7 +11,10 @@ The objective is CLIP's symmetric InfoNCE (:func:`ctxdiff_from_scratch.encoders.
 temperature. The positives differ per world:
 
 * ShapesWorld: a styled image and its style prompt (``ShapesWorld.styled_image``). Pairs are drawn fresh every step
-  (painting costs well under a millisecond), so the encoders never see the same pair twice.
+  (painting costs well under a millisecond), so the encoders never see the same pair twice. Half of each batch are
+  *binding twins* of the other half (``ShapesWorld.styled_twins``): the same layout and the same words with the
+  colours bound to other shapes. Random negatives can be told apart by their bag of colours alone; a twin can only be
+  told apart by which colour goes with which shape, which is what the diffusion model must read off its context.
 * GlyphWorld has no prompts: the two views of a font are two *disjoint sets* of its glyphs. Each glyph goes through
   the image encoder on its own (it will see single glyphs as context images later) and a set's embedding is the
   mean of its glyphs' normalised embeddings (:func:`encode_glyph_sets`). All glyphs of the training fonts are
@@ -73,8 +76,15 @@ class EncoderTrainConfig:
     eval_rounds: int = 4
     log_every: int = 10
     seed: int = 0
+    # shapes: half of each batch are binding twins of the other half (ShapesWorld.styled_twins). Without them the
+    # encoders matched prompts by their bag of colours: probes read a shape's colour off the image tokens only 59% of
+    # the time (benchmarks/encoder_binding.py).
+    binding_twins: bool = True
 
-    WORLD_DEFAULTS: ClassVar[dict[str, dict]] = {"shapes": {}, "glyphs": dict(steps=250, batch_size=32)}
+    # shapes: twins keep the loss falling past 400 steps; 800 steps still end inside the autoencoder's ~8 minutes
+    # when the two train side by side (benchmarks/time_to_quality.py)
+    WORLD_DEFAULTS: ClassVar[dict[str, dict]] = {"shapes": dict(steps=800),
+                                                 "glyphs": dict(steps=250, batch_size=32, binding_twins=False)}
     PROFILES: ClassVar[dict[str, dict]] = {
         "cpu": {},
         # a few seconds: for tests and the notebook's demo, not for use
@@ -95,6 +105,9 @@ class EncoderTrainConfig:
         if self.batch_size < 2:
             raise ValueError("a contrastive batch needs at least 2 pairs (the others are the negatives); "
                              f"got batch_size={self.batch_size}.")
+        if self.binding_twins and (self.world != "shapes" or self.batch_size % 2):
+            raise ValueError(f"binding_twins pairs every ShapesWorld image with its twin, so it needs world='shapes' "
+                             f"and an even batch_size; got world={self.world!r}, batch_size={self.batch_size}.")
         if not (self.lr > 0 and 0 < self.init_temperature <= 1 and self.warmup_steps >= 0):
             raise ValueError(f"need lr > 0, 0 < init_temperature <= 1 and warmup_steps >= 0; got lr={self.lr}, "
                              f"init_temperature={self.init_temperature}, warmup_steps={self.warmup_steps}.")
@@ -171,6 +184,14 @@ def styled_pairs(world, seeds) -> tuple[torch.Tensor, list[str]]:
     """Images (N, 3, H, W) and prompts for ``seeds`` of a ShapesWorld (``styled_image``)."""
     images, prompts = zip(*(world.styled_image(int(seed)) for seed in seeds))
     return torch.stack(images), list(prompts)  # N x (3, H, W) -> (N, 3, H, W)
+
+
+def twin_pairs(world, seeds) -> tuple[torch.Tensor, list[str]]:
+    """Images (2N, 3, H, W) and prompts for ``seeds`` of a ShapesWorld, each image next to its binding twin
+    (``styled_twins``): same layout and words, colours bound to other shapes. In one InfoNCE batch each twin is
+    the other's hardest negative, in both directions."""
+    images, prompts = zip(*(world.styled_twins(int(seed)) for seed in seeds))
+    return torch.cat(images), [p for pair in prompts for p in pair]  # N x (2, 3, H, W) -> (2N, 3, H, W)
 
 
 def fit_tokenizer(world, n_prompts: int, max_length: int) -> WordTokenizer:
@@ -323,8 +344,11 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         if config.world == "shapes":
-            seeds = range(step * config.batch_size, (step + 1) * config.batch_size)  # fresh pairs every step
-            images, prompts = styled_pairs(world, seeds)
+            if config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
+                half = config.batch_size // 2
+                images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))
+            else:  # batch_size fresh pairs per step
+                images, prompts = styled_pairs(world, range(step * config.batch_size, (step + 1) * config.batch_size))
             tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
             loss, top1 = model.image_text_loss(images.to(device), tokens)
         else:
@@ -394,6 +418,10 @@ def write_card(path: Path, summary: dict) -> Path:
     if world == "shapes":
         files = "`tokenizer.json`, `text_encoder.{safetensors,json}`, `image_encoder.{safetensors,json}`"
         positives = "a styled image and its style prompt (`ShapesWorld.styled_image`), fresh pairs every step"
+        if summary["train_config"]["binding_twins"]:
+            positives += ("; half of each batch are binding twins of the other half (`ShapesWorld.styled_twins`: "
+                          "the same layout and words with colours bound to other shapes), each the other's hardest "
+                          "negative")
     else:
         files = "`image_encoder.{safetensors,json}` (no prompts in this world, so no text encoder)"
         positives = ("two disjoint glyph sets of the same font; each glyph encoded alone, a set's embedding is the "
@@ -443,6 +471,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", help="cpu, cuda or mps (default: best available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 can be faster "
                                                     "when other programs share the CPU)")
+    parser.add_argument("--no-binding-twins", dest="binding_twins", action="store_false", default=None,
+                        help="shapes: plain CLIP batches, without each image's binding twin (the hard negative that "
+                             "paints the same layout with colours bound to other shapes)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the encoders in --out, do not train")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -456,7 +487,8 @@ def main(argv: list[str] | None = None) -> dict:
         print({k: round(v, 4) for k, v in metrics.items()})
         return metrics
     overrides = {name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
-                                                 ("lr", args.lr), ("seed", args.seed)) if value is not None}
+                                                 ("lr", args.lr), ("seed", args.seed),
+                                                 ("binding_twins", args.binding_twins)) if value is not None}
     config = EncoderTrainConfig.for_world(args.world, args.profile, **overrides)
     command = " ".join(["python -m ctxdiff_from_scratch encoders", *(sys.argv[1:] if argv is None else argv)])
     summary = train_encoders(config, out, device, command=command)

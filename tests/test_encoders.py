@@ -4,11 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ctxdiff_from_scratch.data.shapes import ShapesWorld
 from ctxdiff_from_scratch.encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig,
                                            clip_loss, retrieval_top1)
 from ctxdiff_from_scratch.tokenizer import WordTokenizer
 from ctxdiff_from_scratch.train_encoders import (ContrastivePair, EncoderTrainConfig, encode_glyph_sets,
-                                                 learning_rate, main, sample_glyph_sets)
+                                                 learning_rate, main, sample_glyph_sets, twin_pairs)
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 COLOURS = ["red", "green", "blue", "yellow", "purple", "white", "black", "grey"]
@@ -108,6 +109,11 @@ def test_bad_configs_give_clear_errors(tokenizer):
         EncoderTrainConfig(world="faces")
     with pytest.raises(ValueError, match="at least 2 pairs"):
         EncoderTrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="even batch_size"):
+        EncoderTrainConfig(batch_size=9)
+    assert EncoderTrainConfig(batch_size=9, binding_twins=False).batch_size == 9
+    with pytest.raises(ValueError, match="binding_twins"):
+        EncoderTrainConfig(world="glyphs", binding_twins=True)
     with pytest.raises(FileNotFoundError, match="image_encoder.safetensors"):
         ImageEncoder.from_pretrained("/nonexistent")
 
@@ -147,6 +153,17 @@ def test_a_few_steps_lower_the_loss(tokenizer):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_twin_batches_hold_each_image_next_to_its_binding_twin():
+    world = ShapesWorld("train", size=16)
+    images, prompts = twin_pairs(world, range(5, 9))
+    assert images.shape == (8, 3, 16, 16) and len(prompts) == 8
+    for i, seed in enumerate(range(5, 9)):
+        twins, twin_prompts = world.styled_twins(seed)
+        assert torch.equal(images[2 * i: 2 * i + 2], twins) and prompts[2 * i: 2 * i + 2] == twin_prompts
+    assert EncoderTrainConfig.for_world("shapes").binding_twins
+    assert not EncoderTrainConfig.for_world("glyphs").binding_twins
 
 
 def test_a_few_glyph_set_steps_lower_the_loss():

@@ -1,4 +1,7 @@
 """ShapesWorld: determinism, episode validity, inferability, split disjointness, maps consistent with layouts."""
+import random
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from ctxdiff_from_scratch.data.shapes import (COLOURS, FORWARD_TASKS,
                                               OUT_OF_DOMAIN_TASKS, REVERSE_TASKS, SEG_COLOURS, SHAPE_CLASSES, TASKS,
                                               TEXTURES, Layout, Shape, ShapesWorld, Style)
 from ctxdiff_from_scratch.data.shapes_layout import SHAPE_PLURALS, depth_levels, rasterize
+from ctxdiff_from_scratch.data.shapes_style import binding_twin
 
 
 @pytest.fixture(scope="module")
@@ -231,6 +235,40 @@ def test_prompts_describe_the_style_or_name_the_map(train):
     assert image.shape == (3, 64, 64) and " background" in prompt and torch.equal(image, train.styled_image(3)[0])
     sample, style, classes = train.styled_sample(3)
     assert torch.equal(sample, image) and style.describe(classes) == prompt and style == train.style(3)
+
+
+def _words(prompt: str) -> list[str]:
+    """The prompt's words in sorted order, without punctuation and articles ("a orange" is written "an orange")."""
+    return sorted(word for word in re.findall(r"[a-z]+", prompt) if word not in ("a", "an"))
+
+
+def test_binding_twin_rebinds_the_same_words_within_the_split_rules(train, test_world):
+    style = Style("checker", "yellow", 0, (("purple", "flat"), ("teal", "dots"), ("brown", "flat"),
+                                           ("orange", "flat"), ("pink", "flat"), ("grey", "stripes")), "none")
+    prompt = style.describe(["circle", "square"])
+    seen = set()
+    for seed in range(40):
+        twin = binding_twin(style, ["circle", "square"], random.Random(seed), "train")
+        words = twin.describe(["circle", "square"])
+        assert words != prompt and _words(words) == _words(prompt)  # same words, other binding
+        assert twin.fills[2:] == style.fills[2:] and not twin.held_out_pairings()
+        seen.add(words)
+    # the three candidates: circle <-> square fills, circle <-> background, square <-> background colours
+    assert seen == {"teal circles with dots and purple squares on a yellow checkered background",
+                    "yellow circles and teal squares with dots on a purple checkered background",
+                    "purple circles and yellow squares with dots on a teal checkered background"}
+    # a swap that would paint a held-out pairing (blue circles) is not a train twin, and then none is left
+    blue = Style("solid", "blue", 0, (("red", "flat"),) + style.fills[1:], "none")
+    assert binding_twin(blue, ["circle"], random.Random(0), "train") is None
+    assert binding_twin(blue, ["circle"], random.Random(0), "test").describe(["circle"]) == \
+        "blue circles on a plain red background"
+    for world in (train, test_world):
+        for seed in range(30):
+            images, prompts = world.styled_twins(seed)
+            image, prompt = world.styled_image(seed)
+            assert images.shape == (2, 3, 64, 64) and torch.equal(images[0], image) and prompts[0] == prompt
+            assert _words(prompts[1]) == _words(prompt)
+            assert (prompts[1] != prompt) == (not torch.equal(images[1], image))  # no twin: a plain repeat
 
 
 def test_collate_mixed_k(train):

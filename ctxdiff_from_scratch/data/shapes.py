@@ -23,6 +23,7 @@ What other modules can use::
     world.episode_spec(seed, task, k)          # the same episode unrendered: its Style, target and context Layouts
     world.styled_image(seed)                   # (image (3, H, W), style prompt), e.g. to train a text encoder
     world.styled_sample(seed)                  # the same image with its Style and shown classes, unworded
+    world.styled_twins(seed)                   # that image and its binding twin (2, 3, H, W), with both prompts
     world.style(seed); world.layout(seed)      # a Style of the split; a Layout (even seeds in train, odd in test)
     world.render(layout, style)                # (3, H, W) image
     world.render_maps(layout, style=None)      # {"edge", "seg", "depth", "scribble", "sketch"[, "img", "canny"]}
@@ -48,7 +49,7 @@ from .episode import Episode
 from .shapes_layout import (SEG_COLOURS, SHAPE_CLASSES, Layout, LayoutConfig, Raster, Shape, depth_map, edge_map,
                             gray_to_rgb, rasterize, sample_layout, scribble_map, seg_map, sketch_map)
 from .shapes_style import (BACKGROUNDS, COLOURS, HELD_OUT_CLASS_COLOURS, HELD_OUT_COLOUR_TEXTURES, OUTLINES, TEXTURES,
-                           Style, StylePainter, sample_style)
+                           Style, StylePainter, binding_twin, sample_style)
 
 FORWARD_TASKS = ("edge2img", "seg2img", "depth2img")
 REVERSE_TASKS = ("img2edge", "img2seg", "img2depth")
@@ -228,6 +229,20 @@ class ShapesWorld:
         _check_seed(seed)
         style, layout, raster = self._styled_layout(self._stream(seed, _STYLED_IMAGE_TAG))
         return torch.from_numpy(self._painter.paint(raster, style)), style, layout.classes
+
+    def styled_twins(self, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """``styled_image(seed)`` and its binding twin: the same layout painted with ``binding_twin`` of its style.
+
+        Returns images (2, 3, H, W) and their two prompts (same words, different binding), to train encoders that
+        keep which colour goes with which shape. Where the split allows no twin (about 6% of train images), the
+        second image and prompt repeat the first.
+        """
+        _check_seed(seed)
+        rng = self._stream(seed, _STYLED_IMAGE_TAG)
+        style, layout, raster = self._styled_layout(rng)
+        twin = binding_twin(style, layout.classes, rng, self.split) or style
+        images = [torch.from_numpy(self._painter.paint(raster, s)) for s in (style, twin)]
+        return torch.stack(images), [style.describe(layout.classes), twin.describe(layout.classes)]
 
     def render(self, layout: Layout, style: Style) -> torch.Tensor:
         """(3, H, W) ``layout`` painted in ``style``."""

@@ -11,6 +11,7 @@ and every test style contains at least one of them. ``sample_style`` enforces bo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -113,6 +114,32 @@ def sample_style(rng: random.Random, split: str) -> Style:
                       outline=rng.choice(tuple(OUTLINES)))
         if train or style.held_out_pairings():
             return style
+
+
+def binding_twin(style: Style, classes: tuple[str, ...] | list[str], rng: random.Random, split: str) -> Style | None:
+    """The binding twin of ``style``: the same colours and textures, bound to the shown ``classes`` differently.
+
+    Either two shown classes trade their fills (colour and texture), or one shown class trades its colour with the
+    background. The twin's prompt has exactly the same words in another binding ("red circles and teal squares with
+    dots on a yellow background" -> "teal circles with dots and red squares on a yellow background", or "red circles
+    on a blue background" -> "blue circles on a red background"), so only an encoder that keeps which colour belongs
+    to which shape can tell the two apart (the hard negatives of NegCLIP, Yuksekgonul et al. 2023, here painted as
+    well as worded). Only twins that ``split`` could draw itself are allowed (train twins never show a held-out
+    pairing, test twins keep one); ``rng`` picks among them. Returns None when every candidate breaks that rule.
+    """
+    shown = [SHAPE_CLASSES.index(cls) for cls in SHAPE_CLASSES if cls in classes]
+    candidates = []
+    for i, a in enumerate(shown):
+        (colour, texture) = style.fills[a]
+        fills = list(style.fills)
+        fills[a] = (style.background_colour, texture)  # class a <-> background: colours only
+        candidates.append(dataclasses.replace(style, fills=tuple(fills), background_colour=colour))
+        for b in shown[i + 1:]:
+            fills = list(style.fills)
+            fills[a], fills[b] = fills[b], fills[a]  # class a <-> class b: whole fills
+            candidates.append(dataclasses.replace(style, fills=tuple(fills)))
+    allowed = [twin for twin in candidates if bool(twin.held_out_pairings()) == (split != "train")]
+    return rng.choice(allowed) if allowed else None
 
 
 def _mix(colour: tuple[float, float, float], t: float) -> np.ndarray:
