@@ -15,7 +15,9 @@ Metrics, on the **test** split of a world:
 * ``k_shot_scaling``: RMSE as the number of context images k grows.
 
 Every setting sees the same episodes and, batch by batch, the same starting noise, so the settings are compared on
-paired samples. Results are plain dicts (JSON-ready) and ``format_table`` prints them.
+paired samples. Results are plain dicts (JSON-ready) and ``format_table`` prints them. Sampling settings (e.g. the
+guidance scales) are chosen on unseen *train* episodes (``EvalConfig.split`` / ``eval --split train --first-seed
+1000000``), never on the test split that reports the numbers.
 """
 from __future__ import annotations
 
@@ -66,7 +68,9 @@ class SamplingSettings:
 class EvalConfig(SamplingSettings):
     """How generations are made for evaluation: the sampling settings, and
 
-    episodes: test episodes per task (seeds 0 .. episodes-1); batch_size: episodes generated at once
+    episodes: episodes per task, seeds first_seed .. first_seed + episodes - 1; batch_size: episodes generated at once
+    split: "test" (every reported number) or "train", to choose sampling settings without looking at the test split:
+        train episodes with seeds far beyond the training pool (which uses seeds 0 .. pool_size - 1) are unseen
     settings: which of ``SETTINGS`` to run
     """
 
@@ -74,12 +78,18 @@ class EvalConfig(SamplingSettings):
     batch_size: int = 16
     settings: tuple[str, ...] = tuple(SETTINGS)
     progress: bool = True
+    split: str = "test"
+    first_seed: int = 0
 
     def __post_init__(self) -> None:
         self.settings = tuple(self.settings)
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}.")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}.")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be >= 0, got {self.first_seed}.")
         if self.episodes < 1 or self.batch_size < 1:
             raise ValueError(f"episodes and batch_size must be >= 1, got {self.episodes} and {self.batch_size}.")
         if self.k < 1:
@@ -131,6 +141,11 @@ def glyph_iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = INK_T
 
 
 # --- generation ------------------------------------------------------------------------------------------------------
+def episode_seeds(config: EvalConfig) -> range:
+    """The episode seeds an evaluation uses: ``config.episodes`` of them from ``config.first_seed``."""
+    return range(config.first_seed, config.first_seed + config.episodes)
+
+
 def generate_episodes(pipe, episodes: Sequence[Episode], setting: str, config: EvalConfig) -> torch.Tensor:
     """Generate every episode's output in ``setting`` -> (N, 3, H, W), in batches of ``config.batch_size``."""
     use_context, use_prompt = SETTINGS[setting]
@@ -160,20 +175,20 @@ def _settings_of(world, config: EvalConfig) -> tuple[str, ...]:
 
 def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str] | None = None,
                     world: ShapesWorld | None = None) -> dict:
-    """RMSE on ShapesWorld test episodes per task and setting, the mean-colour baseline, and group summaries.
+    """RMSE on ShapesWorld test episodes (``config.split``) per task and setting, the mean-colour baseline, and group summaries.
 
     Returns {"world", "split", "config", "rmse": {row: {column: value}}, "context_gain_forward"}: rows are the tasks
     and the groups forward / reverse / out_of_domain (RMSE pooled over their images); columns the settings and the
     baseline. ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks (when both were run).
     """
     config = config or EvalConfig()
-    world = world or ShapesWorld(split="test", size=pipe.image_size)
+    world = world or ShapesWorld(split=config.split, size=pipe.image_size)
     tasks = tuple(tasks or world.tasks)
     mses: dict[str, dict[str, torch.Tensor]] = {}
     runs = [(task, setting) for task in tasks for setting in config.settings]
     bar = tqdm(total=len(runs), desc="eval shapes", **({} if config.progress else {"disable": True}))
     for task in tasks:
-        episodes = [world.episode(seed, task=task, k=config.k) for seed in range(config.episodes)]
+        episodes = [world.episode(seed, task=task, k=config.k) for seed in episode_seeds(config)]
         batch = collate_episodes(episodes)
         mses[task] = {MEAN_COLOUR: per_image_mse(mean_colour_baseline(batch.context, batch.context_mask),
                                                  batch.target)}
@@ -195,14 +210,14 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
 
 
 def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | None = None) -> dict:
-    """RMSE and glyph IoU on GlyphWorld test fonts, against the query-glyph and mean-colour baselines.
+    """RMSE and glyph IoU on GlyphWorld test fonts (``config.split``), against the query-glyph and mean-colour baselines.
 
     Only the settings without a prompt are run (GlyphWorld has none). Returns {"world", "split", "config",
     "rmse": {"font2font": {column: value}}, "iou": {"font2font": {column: value}}}.
     """
     config = config or EvalConfig()
-    world = world or GlyphWorld(split="test", size=pipe.image_size, progress=config.progress)
-    episodes = [world.episode(seed, k=config.k) for seed in range(config.episodes)]
+    world = world or GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)
+    episodes = [world.episode(seed, k=config.k) for seed in episode_seeds(config)]
     batch = collate_episodes(episodes)
     outputs = {QUERY_GLYPH: batch.query, MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
     settings = _settings_of(world, config)
@@ -221,7 +236,7 @@ def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1,
     config = config or EvalConfig()
     scores = {}
     for k in tqdm(ks, desc="k-shot", **({} if config.progress else {"disable": True})):
-        episodes = [world.episode(seed, task=task, k=k) for seed in range(config.episodes)]
+        episodes = [world.episode(seed, task=task, k=k) for seed in episode_seeds(config)]
         target = torch.stack([ep.target for ep in episodes])  # N x (3, H, W) -> (N, 3, H, W)
         scores[int(k)] = rmse(generate_episodes(pipe, episodes, setting, config), target)
     return scores
@@ -279,7 +294,12 @@ def main_eval(argv: list[str] | None = None) -> dict:
     _add_generation_arguments(parser)
     parser.add_argument("--world", choices=("auto", "shapes", "glyphs"), default="auto",
                         help="world to evaluate on (default: the checkpoint's)")
-    parser.add_argument("--episodes", type=int, default=64, help="test episodes per task (default: 64)")
+    parser.add_argument("--episodes", type=int, default=64, help="episodes per task (default: 64)")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="test (default; every reported number) or train: to choose sampling settings such as "
+                             "--guidance-context without looking at the test split, with --first-seed 1000000 so "
+                             "that no episode comes from the training pool")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first episode (default: 0)")
     parser.add_argument("--k", type=int, default=3, help="context images per episode (default: 3)")
     parser.add_argument("--batch-size", type=int, default=16, help="episodes generated at once (default: 16)")
     parser.add_argument("--tasks", nargs="+", default=None, help="ShapesWorld tasks (default: all nine)")
@@ -297,12 +317,13 @@ def main_eval(argv: list[str] | None = None) -> dict:
     config = EvalConfig(episodes=args.episodes, k=args.k, steps=args.steps,
                         guidance_scale_context=args.guidance_context, guidance_scale_prompt=args.guidance_prompt,
                         sampler=args.sampler, batch_size=args.batch_size, seed=args.seed,
-                        settings=tuple(args.settings), progress=not args.no_progress)
+                        settings=tuple(args.settings), progress=not args.no_progress, split=args.split,
+                        first_seed=args.first_seed)
     if world_name == "shapes":
-        world = ShapesWorld(split="test", size=pipe.image_size)
+        world = ShapesWorld(split=config.split, size=pipe.image_size)
         results = evaluate_shapes(pipe, config, tasks=args.tasks, world=world)
     else:
-        world = GlyphWorld(split="test", size=pipe.image_size, progress=config.progress)
+        world = GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)
         results = evaluate_glyphs(pipe, config, world=world)
     if args.k_shot is not None:
         task = args.k_shot_task if world_name == "shapes" else None

@@ -119,6 +119,21 @@ def test_config_refuses_bad_values():
         EvalConfig(settings=("C", "context"))
     with pytest.raises(ValueError, match="k must be >= 1"):
         EvalConfig(k=0)
+    with pytest.raises(ValueError, match="split must be"):
+        EvalConfig(split="validation")
+    with pytest.raises(ValueError, match="first_seed"):
+        EvalConfig(first_seed=-1)
+
+
+def test_split_and_first_seed_choose_the_episodes(pipe):
+    config = EvalConfig(episodes=2, k=1, steps=2, batch_size=2, settings=("C",), progress=False, split="train",
+                        first_seed=10**6)
+    results = evaluate_shapes(pipe, config, tasks=["seg2img"])
+    assert results["split"] == "train"
+    world = ShapesWorld("train", size=SIZE)
+    batch = collate_episodes([world.episode(seed, task="seg2img", k=1) for seed in (10**6, 10**6 + 1)])
+    direct = rmse(mean_colour_baseline(batch.context, batch.context_mask), batch.target)
+    assert results["rmse"]["seg2img"][MEAN_COLOUR] == pytest.approx(direct)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +149,7 @@ def test_main_eval_writes_json(checkpoint, tmp_path, capsys):
                          "--batch-size", "2", "--tasks", "edge2img", "--k-shot", "1", "2", "--out", str(out),
                          "--no-progress"])
     saved = json.loads(out.read_text())
+    assert saved["split"] == "test" and saved["config"]["first_seed"] == 0
     assert set(saved["rmse"]["edge2img"]) == {*SETTINGS, MEAN_COLOUR}
     assert saved["rmse"] == results["rmse"] and list(saved["k_shot"]) == ["1", "2"]
     printed = capsys.readouterr().out
