@@ -110,8 +110,8 @@ def test_bad_configs_give_clear_errors(tokenizer):
     with pytest.raises(ValueError, match="at least 2 pairs"):
         EncoderTrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="even batch_size"):
-        EncoderTrainConfig(batch_size=9)
-    assert EncoderTrainConfig(batch_size=9, binding_twins=False).batch_size == 9
+        EncoderTrainConfig(batch_size=9, binding_twins=True)
+    assert EncoderTrainConfig(batch_size=9).batch_size == 9
     with pytest.raises(ValueError, match="binding_twins"):
         EncoderTrainConfig(world="glyphs", binding_twins=True)
     with pytest.raises(FileNotFoundError, match="image_encoder.safetensors"):
@@ -162,8 +162,7 @@ def test_twin_batches_hold_each_image_next_to_its_binding_twin():
     for i, seed in enumerate(range(5, 9)):
         twins, twin_prompts = world.styled_twins(seed)
         assert torch.equal(images[2 * i: 2 * i + 2], twins) and prompts[2 * i: 2 * i + 2] == twin_prompts
-    assert EncoderTrainConfig.for_world("shapes").binding_twins
-    assert not EncoderTrainConfig.for_world("glyphs").binding_twins
+    assert not EncoderTrainConfig.for_world("shapes").binding_twins  # opt-in: see the config's comment
 
 
 def test_a_few_glyph_set_steps_lower_the_loss():
@@ -223,6 +222,13 @@ def test_cli_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert "--profile tiny" in (tmp_path / "encoders_card.md").read_text()
     assert 0.0 <= summary["test"]["image_to_text"] <= 1.0 and summary["test"]["queries"] == 8
+
+
+def test_cli_binding_twins_run_trains_on_twin_batches(tmp_path):
+    summary = main(["--world", "shapes", "--profile", "tiny", "--binding-twins", "--out", str(tmp_path),
+                    "--device", "cpu"])
+    assert summary["train_config"]["binding_twins"] and math.isfinite(summary["final_loss"])
+    assert "binding twins" in (tmp_path / "encoders_card.md").read_text()
 
 
 def test_cli_training_never_overwrites_the_shipped_encoders_by_default(tmp_path, monkeypatch):
