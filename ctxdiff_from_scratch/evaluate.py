@@ -175,7 +175,8 @@ def _settings_of(world, config: EvalConfig) -> tuple[str, ...]:
 
 def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str] | None = None,
                     world: ShapesWorld | None = None) -> dict:
-    """RMSE on ShapesWorld test episodes (``config.split``) per task and setting, the mean-colour baseline, and group summaries.
+    """RMSE on ShapesWorld episodes (``config.split``: test unless chosen) per task and setting, the mean-colour
+    baseline, and group summaries.
 
     Returns {"world", "split", "config", "rmse": {row: {column: value}}, "context_gain_forward"}: rows are the tasks
     and the groups forward / reverse / out_of_domain (RMSE pooled over their images); columns the settings and the
@@ -210,7 +211,8 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
 
 
 def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | None = None) -> dict:
-    """RMSE and glyph IoU on GlyphWorld test fonts (``config.split``), against the query-glyph and mean-colour baselines.
+    """RMSE and glyph IoU on GlyphWorld fonts (``config.split``: the held-out test fonts unless chosen), against the
+    query-glyph and mean-colour baselines.
 
     Only the settings without a prompt are run (GlyphWorld has none). Returns {"world", "split", "config",
     "rmse": {"font2font": {column: value}}, "iou": {"font2font": {column: value}}}.

@@ -130,7 +130,7 @@ def binding_twin(style: Style, classes: tuple[str, ...] | list[str], rng: random
     shown = [SHAPE_CLASSES.index(cls) for cls in SHAPE_CLASSES if cls in classes]
     candidates = []
     for i, a in enumerate(shown):
-        (colour, texture) = style.fills[a]
+        colour, texture = style.fills[a]
         fills = list(style.fills)
         fills[a] = (style.background_colour, texture)  # class a <-> background: colours only
         candidates.append(dataclasses.replace(style, fills=tuple(fills), background_colour=colour))
