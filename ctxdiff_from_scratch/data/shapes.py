@@ -226,8 +226,7 @@ class ShapesWorld:
 
     def styled_sample(self, seed: int) -> tuple[torch.Tensor, Style, tuple[str, ...]]:
         """What ``styled_image(seed)`` paints, unworded: the image (3, H, W), its Style and the classes it shows."""
-        _check_seed(seed)
-        style, layout, raster = self._styled_layout(self._stream(seed, _STYLED_IMAGE_TAG))
+        _, style, layout, raster = self._styled_draw(seed)
         return torch.from_numpy(self._painter.paint(raster, style)), style, layout.classes
 
     def styled_twins(self, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -237,12 +236,16 @@ class ShapesWorld:
         keep which colour goes with which shape. Where the split allows no twin (about 6% of train images), the
         second image and prompt repeat the first.
         """
-        _check_seed(seed)
-        rng = self._stream(seed, _STYLED_IMAGE_TAG)
-        style, layout, raster = self._styled_layout(rng)
-        twin = binding_twin(style, layout.classes, rng, self.split) or style
+        rng, style, layout, raster = self._styled_draw(seed)
+        twin = binding_twin(style, layout.classes, rng, self.split) or style  # drawn next from the same stream
         images = [torch.from_numpy(self._painter.paint(raster, s)) for s in (style, twin)]
         return torch.stack(images), [style.describe(layout.classes), twin.describe(layout.classes)]
+
+    def _styled_draw(self, seed: int) -> tuple[random.Random, Style, Layout, Raster]:
+        """The style, layout and raster of ``styled_image(seed)``, and the random stream they were drawn from."""
+        _check_seed(seed)
+        rng = self._stream(seed, _STYLED_IMAGE_TAG)
+        return (rng, *self._styled_layout(rng))
 
     def render(self, layout: Layout, style: Style) -> torch.Tensor:
         """(3, H, W) ``layout`` painted in ``style``."""
