@@ -112,6 +112,7 @@ class TrainConfig:
     warmup_steps: int = 100
     lr_decay: str = "constant"    # after warm-up: "constant" or "cosine" (to zero at ``steps``)
     grad_clip: float = 1.0
+    min_snr_gamma: float = 0.0     # > 0: Min-SNR-gamma loss weights (Hang et al. 2023); 0: plain Eq. 2
     ema_decay: float = 0.995       # time constant ~200 steps: a laptop run is only a few thousand steps long
     k_choices: tuple[int, ...] = (1, 2, 3)
     combine: str | None = None     # merge of the k context token sequences; None: "sum" in stage 1, --init's in 2
@@ -168,6 +169,9 @@ class TrainConfig:
             raise ValueError(f"drop probabilities p_prompt={self.p_drop_prompt}, p_context={self.p_drop_context}, "
                              f"p_both={self.p_drop_both} are not a joint distribution: need 0 <= p_both <= "
                              "min(p_prompt, p_context) and p_prompt + p_context - p_both <= 1.")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (Min-SNR weighting; 5 in Hang et al. 2023) or 0 (off), got "
+                             f"{self.min_snr_gamma}.")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError(f"need lr > 0, weight_decay >= 0, grad_clip > 0 and 0 <= ema_decay < 1; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}, "
@@ -243,14 +247,30 @@ def draw_batch(pool: EpisodePool, config: TrainConfig, step: int, latent_shape: 
 
 
 def diffusion_loss(denoiser: nn.Module, schedule: NoiseSchedule, z0: torch.Tensor, cond, t: torch.Tensor,
-                   noise: torch.Tensor, drop_prompt: torch.Tensor, drop_context: torch.Tensor) -> torch.Tensor:
-    """Paper Eq. 2: the mean over the batch and latent elements of || target - model(z_t, t, q, [h^c ; h^V]) ||^2."""
+                   noise: torch.Tensor, drop_prompt: torch.Tensor, drop_context: torch.Tensor,
+                   min_snr_gamma: float = 0.0) -> torch.Tensor:
+    """Paper Eq. 2: the mean over the batch and latent elements of || target - model(z_t, t, q, [h^c ; h^V]) ||^2,
+    each example weighted by ``min_snr_weight`` when ``min_snr_gamma`` > 0."""
     # z_t = sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps
     z_t = schedule.add_noise(z0, noise, t)
     # target = eps (epsilon) or v = sqrt(ab_t) eps - sqrt(1 - ab_t) z_0 (v_prediction)
     target = schedule.training_target(z0, noise, t)
     prediction = denoiser(z_t, t, cond, drop_prompt, drop_context)
-    return F.mse_loss(prediction.float(), target)  # fp32 even under bf16 autocast
+    if min_snr_gamma == 0:
+        return F.mse_loss(prediction.float(), target)  # fp32 even under bf16 autocast
+    per_example = (prediction.float() - target).pow(2).flatten(1).mean(dim=1)  # (B, C, h, w) -> (B,)
+    return (min_snr_weight(schedule, t, min_snr_gamma) * per_example).mean()
+
+
+def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 8): the x_0 loss weighted by min(SNR_t, gamma), written for
+    the target the schedule trains: min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v. (B,) -> (B,)
+
+    Low-noise steps (SNR > gamma) stop dominating the gradient, so more of it goes to the noisy steps where the
+    layout and the colours are decided."""
+    snr = schedule.snr(t).to(t.device).float()
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr.clamp(min=1e-8) if schedule.config.prediction_type == "epsilon" else clipped / (snr + 1)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -481,7 +501,7 @@ class Trainer:
                 with self.accelerator.autocast():
                     loss = diffusion_loss(self.ddp_denoiser, self.schedule, z0, cond, part.t.to(self.device),
                                           part.noise.to(self.device), part.drop_prompt.to(self.device),
-                                          part.drop_context.to(self.device))
+                                          part.drop_context.to(self.device), self.config.min_snr_gamma)
                 self.accelerator.backward(loss / self.config.grad_accum)
             loss_sum += loss.detach()
         grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.grad_clip)
@@ -705,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, default=None)
     add("--lr-decay", choices=("constant", "cosine"), default=None)
     add("--ema-decay", type=float, default=None)
+    add("--min-snr-gamma", type=float, default=None,
+        help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5; 0 turns it off")
     add("--k", type=int, nargs="+", default=None, dest="k_choices", help="context sizes to draw from (default 1 2 3)")
     add("--combine", choices=COMBINE_MODES, default=None,
         help="merge the k context token sequences by sum (paper), mean or concat (stage 1 / joint; stage 2 keeps "
