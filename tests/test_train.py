@@ -20,9 +20,10 @@ from ctxdiff_from_scratch.data import ShapesWorld
 from ctxdiff_from_scratch.episode_cache import EpisodeGroup, EpisodePool
 from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, save_frozen_parts
 from ctxdiff_from_scratch.runlog import read_log
-from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, draw_batch, drop_case_probabilities,
-                                        flatten_optimizer_state, main, rng_state, set_rng_state, train,
-                                        unflatten_optimizer_state)
+from ctxdiff_from_scratch.schedule import NoiseSchedule, ScheduleConfig
+from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, diffusion_loss, draw_batch,
+                                        drop_case_probabilities, flatten_optimizer_state, main, min_snr_weight,
+                                        rng_state, set_rng_state, train, unflatten_optimizer_state)
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -164,6 +165,43 @@ def test_combine_mode_is_set_in_stage_1_and_inherited_in_stage_2(stage1, parts_d
         build_model(TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path), combine=other))
     with pytest.raises(ValueError, match="unknown combine mode"):
         tiny(parts_dir, tmp_path, combine="max")
+
+
+def test_min_snr_weights_clip_the_snr_for_either_target():
+    t = torch.arange(0, 1000, 37)
+    for prediction_type in ("epsilon", "v_prediction"):
+        schedule = NoiseSchedule(ScheduleConfig(beta_schedule="cosine", prediction_type=prediction_type))
+        snr = schedule.snr(t)
+        weight = min_snr_weight(schedule, t, gamma=5.0)
+        assert weight.shape == t.shape and bool((weight > 0).all()) and bool((weight <= 1 + 1e-6).all())
+        # the x_0 loss weight is min(SNR, 5); eps and v losses are SNR and SNR + 1 times the x_0 loss
+        x0_weight = weight * (snr if prediction_type == "epsilon" else snr + 1)
+        assert torch.allclose(x0_weight, snr.clamp(max=5.0), rtol=1e-4)
+        assert bool((snr > 5).any()) and bool((snr < 5).any())  # both sides of the clip are exercised
+
+
+def test_min_snr_loss_reweights_examples_and_zero_is_plain_eq2():
+    torch.manual_seed(0)
+    z0, noise = torch.randn(6, 4, 2, 2), torch.randn(6, 4, 2, 2)
+    t = torch.tensor([0, 5, 100, 500, 900, 999])
+    prediction = torch.randn(6, 4, 2, 2)
+    denoiser = lambda z_t, t, cond, drop_prompt, drop_context: prediction  # noqa: E731 - a fixed "model"
+    schedule = NoiseSchedule(ScheduleConfig(beta_schedule="cosine", prediction_type="v_prediction"))
+    flags = torch.zeros(6, dtype=torch.bool)
+    args = (denoiser, schedule, z0, None, t, noise, flags, flags)
+    per_example = (prediction - schedule.training_target(z0, noise, t)).pow(2).flatten(1).mean(1)
+    assert torch.isclose(diffusion_loss(*args), per_example.mean())
+    assert torch.isclose(diffusion_loss(*args, min_snr_gamma=5.0),
+                         (min_snr_weight(schedule, t, 5.0) * per_example).mean())
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        TrainConfig.from_profile("tiny", min_snr_gamma=-1.0)
+
+
+def test_min_snr_gamma_flag_reaches_the_run(parts_dir, tmp_path):
+    summary = main(["--profile", "tiny", "--parts", str(parts_dir), "--out", str(tmp_path / "snr"), "--steps", "2",
+                    "--min-snr-gamma", "5"])
+    assert summary["config"]["min_snr_gamma"] == 5.0
+    assert json.loads((tmp_path / "snr/train_summary.json").read_text())["config"]["min_snr_gamma"] == 5.0
 
 
 def test_gradient_accumulation_gives_the_same_steps(parts_dir, tmp_path):
