@@ -12,6 +12,9 @@ far sooner than eps-prediction):
     L = E_{z_0, eps, t, q, c, V} || target(z_0, eps, t) - model(z_t, t, q, [h^c ; h^V]) ||^2,
     z_t = sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps,   target = eps  or  v = sqrt(ab_t) eps - sqrt(1 - ab_t) z_0.
 
+``--min-snr-gamma 5`` weights each example's term by Min-SNR-gamma (Hang et al. 2023; ``min_snr_weight``); it is off
+by default: on the ShapesWorld recipe it did not raise the context gain (shapes model card).
+
 Stages, as the paper does with a pre-trained base model:
 
 * **stage 1** trains the base latent UNet and the context conditioner on p(image | prompt, visual context): no query,

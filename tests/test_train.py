@@ -185,7 +185,10 @@ def test_min_snr_loss_reweights_examples_and_zero_is_plain_eq2():
     z0, noise = torch.randn(6, 4, 2, 2), torch.randn(6, 4, 2, 2)
     t = torch.tensor([0, 5, 100, 500, 900, 999])
     prediction = torch.randn(6, 4, 2, 2)
-    denoiser = lambda z_t, t, cond, drop_prompt, drop_context: prediction  # noqa: E731 - a fixed "model"
+
+    def denoiser(z_t, t, cond, drop_prompt, drop_context):  # a fixed "model"
+        return prediction
+
     schedule = NoiseSchedule(ScheduleConfig(beta_schedule="cosine", prediction_type="v_prediction"))
     flags = torch.zeros(6, dtype=torch.bool)
     args = (denoiser, schedule, z0, None, t, noise, flags, flags)
