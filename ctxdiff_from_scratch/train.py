@@ -272,8 +272,9 @@ def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> to
     Low-noise steps (SNR > gamma) stop dominating the gradient, so more of it goes to the noisy steps where the
     layout and the colours are decided."""
     snr = schedule.snr(t).to(t.device).float()
-    clipped = snr.clamp(max=gamma)
-    return clipped / snr.clamp(min=1e-8) if schedule.config.prediction_type == "epsilon" else clipped / (snr + 1)
+    if schedule.config.prediction_type == "epsilon":
+        return (gamma / snr).clamp(max=1.0)  # = min(SNR, gamma) / SNR, exact even where SNR ~ 0 (pure noise)
+    return snr.clamp(max=gamma) / (snr + 1)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

@@ -178,6 +178,10 @@ def test_min_snr_weights_clip_the_snr_for_either_target():
         x0_weight = weight * (snr if prediction_type == "epsilon" else snr + 1)
         assert torch.allclose(x0_weight, snr.clamp(max=5.0), rtol=1e-4)
         assert bool((snr > 5).any()) and bool((snr < 5).any())  # both sides of the clip are exercised
+    # epsilon: below gamma the weight is exactly 1, down to the last, nearly pure-noise step (SNR ~ 1e-9)
+    epsilon_schedule = NoiseSchedule(ScheduleConfig(beta_schedule="cosine", prediction_type="epsilon"))
+    assert epsilon_schedule.snr(999) < 1e-6
+    assert torch.equal(min_snr_weight(epsilon_schedule, torch.tensor([600, 999]), 5.0), torch.ones(2))
 
 
 def test_min_snr_loss_reweights_examples_and_zero_is_plain_eq2():
