@@ -147,8 +147,10 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         # reparameterisation trick: z = mu + sigma * eps, eps ~ N(0, I), so gradients flow into mu and sigma
-        eps = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        return self.mean + self.std * eps
+        # eps is drawn where the generator lives (a CPU generator may drive a model on a GPU), then moved
+        where = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype, device=where)
+        return self.mean + self.std * eps.to(self.mean.device)
 
     def kl(self) -> torch.Tensor:
         """KL(q(z|x) || N(0, I)) per latent element, shape (B, c, h, w)."""

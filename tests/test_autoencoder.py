@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctxdiff_from_scratch.autoencoder import (Autoencoder, AutoencoderConfig, channel_shortcut,
+from ctxdiff_from_scratch.autoencoder import (Autoencoder, AutoencoderConfig, DiagonalGaussian, channel_shortcut,
                                               estimate_scale_factor, kl_to_standard_normal)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +156,34 @@ def test_a_few_training_steps_lower_the_loss():
     assert abs(model.encode(images).std().item() - 1.0) < 0.05
 
 
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_reconstruction_loss_matches_a_hand_computation(kind):
+    """rec = mean(w * |error|) for l1 and mean(w * error^2) for l2, with w = 1 + edge_weight * edge strength."""
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig.profile("tiny"))
+    for parameter in model.decoder.conv_out.parameters():  # a non-zero error at every pixel
+        torch.nn.init.normal_(parameter, std=0.1)
+    x = _blobs(4)
+    loss, parts = autoencoder_loss(model, x, 1e-3, 8.0, torch.Generator().manual_seed(1), loss=kind)
+    recon, posterior = model(x, torch.Generator().manual_seed(1))
+    error = recon - (2 * x - 1)
+    per_pixel = error.abs() if kind == "l1" else error ** 2
+    rec = ((1 + 8.0 * edge_strength(x)) * per_pixel).mean()
+    assert parts["rec"] == pytest.approx(rec.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(rec.item() + 1e-3 * posterior.kl().mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown reconstruction loss 'huber'"):
+        TrainConfig(loss="huber")
+
+
+def test_posterior_sample_draws_from_the_generator():
+    """z = mean + std * eps with eps drawn by the caller's generator (on its device, then moved to the latents')."""
+    moments = torch.randn(2, 8, 4, 4)
+    posterior = DiagonalGaussian(moments)
+    eps = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(5))
+    z = posterior.sample(torch.Generator().manual_seed(5))
+    assert torch.allclose(z, posterior.mean + posterior.std * eps)
+
+
 def test_training_is_reproducible_and_writes_logs(tmp_path):
     images = _blobs(32)
     config = TrainConfig(profile="tiny", steps=6, batch_size=8, warmup_steps=2, log_every=2, seed=3)
@@ -203,11 +231,25 @@ def test_cli_help(capsys):
             run()
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
-        assert "--world" in out and "--minutes" in out and "--batch-size" in out
+        assert "--world" in out and "--minutes" in out and "--batch-size" in out and "--loss" in out
     # and the module runs as a script
     result = subprocess.run([sys.executable, "-m", "ctxdiff_from_scratch.train_autoencoder", "--help"],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and "--world" in result.stdout, result.stderr
+
+
+def test_cli_trains_and_records_its_recipe(tmp_path, capsys):
+    """The flags reach the run: the checkpoint's metadata and the model card name the loss and the edge weight."""
+    from ctxdiff_from_scratch.checkpoint import load_part
+    from ctxdiff_from_scratch.train_autoencoder import main
+
+    main(["--world", "shapes", "--out", str(tmp_path), "--profile", "tiny", "--steps", "3", "--pool-size", "16",
+          "--eval-images", "2", "--loss", "l1", "--edge-weight", "4", "--threads", "1"])
+    train_config = load_part(tmp_path, "autoencoder")[2]["train_config"]
+    assert (train_config["loss"], train_config["edge_weight"], train_config["steps"]) == ("l1", 4.0, 3)
+    card = (tmp_path / "autoencoder_card.md").read_text()
+    assert "L1 reconstruction loss" in card and "edge weight 4.0" in card
+    assert "test metrics" in capsys.readouterr().out
 
 
 # --- shipped checkpoints: load them and measure them on the world's test split --------------------------------------
