@@ -185,11 +185,11 @@ def edge_strength(x: torch.Tensor) -> torch.Tensor:
 
 
 def autoencoder_loss(model: Autoencoder, x: torch.Tensor, kl_weight: float, edge_weight: float,
-                     generator: torch.Generator | None = None, loss: str = "l1"
+                     generator: torch.Generator | None = None, loss: str = "l2"
                      ) -> tuple[torch.Tensor, dict[str, float]]:
     """LDM's first-stage objective without its perceptual and adversarial terms, plus an edge weighting.
 
-    Images ``x`` (B, 3, H, W) in [0, 1]; ``loss`` is ``"l1"`` (LDM) or ``"l2"`` for the per-pixel error.
+    Images ``x`` (B, 3, H, W) in [0, 1]; ``loss``: the per-pixel error, ``"l2"`` (as TrainConfig) or ``"l1"`` (LDM).
     Returns the loss and its parts ``{"rec": ..., "kl": ...}``.
     """
     recon, posterior = model(x, generator)  # the decoder sees z ~ q(z|x), so it learns to tolerate latent noise

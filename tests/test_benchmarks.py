@@ -18,6 +18,10 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     assert 0 <= summary["quality"]["rmse_forward_C"] <= 1
     assert (out / "stage2" / "denoiser.safetensors").exists()
     assert "whole stack trained in" in result.stdout
+    # the recipe: the autoencoder (ShapesWorld's edge weight) before the encoders, both on the --threads given
+    autoencoder, encoders = summary["commands"]["frozen parts"]
+    assert " autoencoder " in autoencoder and "--edge-weight 4" in autoencoder and "--threads 1" in autoencoder
+    assert " encoders " in encoders and "--threads 1" in encoders
 
 
 def test_time_to_quality_refuses_a_used_folder(tmp_path):
