@@ -12,7 +12,7 @@ runs, its output in ``OUT/logs/``):
 
 1. ``autoencoder``, then ``encoders``, each on all threads (``--threads``); both write into ``OUT/parts``. They do
    not depend on each other, but side by side each would get one of the two cores, and the autoencoder's recipe
-   (9000 steps) needs both to finish in ~8 minutes;
+   (9000 steps) needs both to finish in ~9 minutes;
 2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``;
 3. ``train --stage 2`` (query adapter, base encoder frozen) for the rest of the budget (``--budget-minutes`` minus
    what the phases before took, minus ``STAGE2_RESERVE_MINUTES`` for loading and saving), or ``--stage2-minutes``;
