@@ -53,7 +53,7 @@ class TrainConfig:
     kl_weight: float = 1e-5
     # With the L1 loss thin edges needed a strong weight: with 4, edge maps decoded to black for the first ~1300 steps
     # (edge F1 0); with 16, edge F1 was 0.48 after ~550 steps (48 was no better). With L2, 4 keeps them on ShapesWorld
-    # (F1 0.97) and gains ~1 dB on styled images, seg and depth maps over 16; glyph outlines want 32 (IoU 0.952 vs 0.949).
+    # (F1 0.97) and gains ~1 dB on styled images, seg and depth maps over 16; glyphs want 32 (IoU 0.952 vs 0.949).
     edge_weight: float = 16.0
     # "l2" or "l1" (LDM's choice): the squared error punishes a half-grey pixel on a 1-pixel stroke far more than
     # many small errors on flat areas, and that keeps thin strokes across the 0.5 threshold: in a screen of 9000-step
