@@ -13,7 +13,8 @@ runs, its output in ``OUT/logs/``):
 1. ``autoencoder``, then ``encoders``, each on all threads (``--threads``); both write into ``OUT/parts``. They do
    not depend on each other, but side by side each would get one of the two cores, and the autoencoder's recipe
    (9000 steps) needs both to finish in ~9 minutes;
-2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``;
+2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``, merging the k context token sequences as
+   ``--combine`` says (default: the paper's sum; stage 2 keeps stage 1's choice);
 3. ``train --stage 2`` (query adapter, base encoder frozen) for the rest of the budget (``--budget-minutes`` minus
    what the phases before took, minus ``STAGE2_RESERVE_MINUTES`` for loading and saving), or ``--stage2-minutes``;
 4. ``eval`` on the test split (timed apart: it measures the model, it is not part of the recipe).
@@ -41,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from ctxdiff_from_scratch.config import COMBINE_MODES
+
 PACKAGE = [sys.executable, "-m", "ctxdiff_from_scratch"]
 BUDGET_MINUTES = 45.0
 # Stage 2's time cap covers its training loop; loading the parts and the pool and saving the model come on top.
@@ -52,10 +55,6 @@ PHASES = ("frozen parts", "stage 1", "stage 2", "eval")
 PHASE_OUTPUT = {"frozen parts": "parts", "stage 1": "stage1", "stage 2": "stage2", "eval": "eval.json"}
 SHAPES_GAIN_TARGET = 0.40
 FORWARD_TASKS = ("edge2img", "seg2img", "depth2img")
-# The autoencoder's recipe per world, on top of its defaults (L2 loss, 9000 steps, lr 2e-3, edge weight 16). On
-# styled images a lighter edge weight keeps thin edges (F1 0.97 either way in a screen) and gains ~1 dB elsewhere;
-# glyph outlines gain from a heavier one (glyph IoU 0.952 with 32, 0.949 with 16; the glyph autoencoder card).
-AUTOENCODER_FLAGS = {"shapes": ["--edge-weight", "4"], "glyphs": ["--edge-weight", "32"]}
 
 
 def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minutes: float
@@ -66,6 +65,8 @@ def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minut
     # The autoencoder's tiny profile is only a smaller model: its step count is set apart.
     short = ["--steps", "20", "--eval-images", "8"] if args.smoke else []
     threads = ["--threads", str(args.threads)]
+    # Stage 2 inherits the merge of the k context token sequences from stage 1's model.
+    combine = ["--combine", args.combine] if args.combine else []
     train = [*PACKAGE, "train", "--world", world, "--parts", str(parts), "--pool-cache", str(pool), *threads, *tiny]
     evaluate = [*PACKAGE, "eval", "--checkpoint", str(out / "stage2"), "--out", str(out / "eval.json"),
                 "--episodes", str(args.episodes), "--settings", "C", "none", "--no-progress"]
@@ -73,11 +74,11 @@ def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minut
         evaluate += ["--tasks", *FORWARD_TASKS]
     return {
         "frozen parts": [
-            [*PACKAGE, "autoencoder", "--world", world, "--out", str(parts), *AUTOENCODER_FLAGS.get(world, []),
-             *threads, *tiny, *short],
+            [*PACKAGE, "autoencoder", "--world", world, "--out", str(parts), *threads, *tiny, *short],
             [*PACKAGE, "encoders", "--world", world, "--out", str(parts), *threads, *tiny],
         ],
-        "stage 1": [[*train, "--stage", "1", "--out", str(out / "stage1"), "--minutes", str(args.stage1_minutes)]],
+        "stage 1": [[*train, "--stage", "1", "--out", str(out / "stage1"), "--minutes", str(args.stage1_minutes),
+                     *combine]],
         "stage 2": [[*train, "--stage", "2", "--init", str(out / "stage1"), "--out", str(out / "stage2"),
                      "--minutes", f"{stage2_minutes:.2f}",
                      *([] if args.smoke else ["--steps", str(STAGE2_MAX_STEPS)]), "--save-dtype", "float16"]],
@@ -123,6 +124,8 @@ def main() -> None:
     parser.add_argument("--stage2-minutes", type=float, default=None,
                         help="wall-time cap of denoiser stage 2 (default: what is left of the budget)")
     parser.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES, help="the whole stack's time goal")
+    parser.add_argument("--combine", choices=COMBINE_MODES, default=None,
+                        help="merge of the k context token sequences (default: train's, the paper's sum)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of every training command")
     parser.add_argument("--episodes", type=int, default=64, help="test episodes per task for the evaluation")
     parser.add_argument("--smoke", action="store_true", help="tiny profiles, seconds per phase: checks the wiring")

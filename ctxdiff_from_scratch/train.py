@@ -460,7 +460,9 @@ class Trainer:
         seed_everything(config.seed)
         self.model = build_model(config).to(self.device)
         self.model.train()
-        self.denoiser: Denoiser = self.model.denoiser
+        # channels_last: 1.07x faster denoiser steps on a 2-core CPU (benchmarks/denoiser_throughput.py); the
+        # checkpoints are written contiguous, so loading them does not depend on it
+        self.denoiser: Denoiser = self.model.denoiser.to(memory_format=torch.channels_last)
         self.trainable = [p for p in self.denoiser.parameters() if p.requires_grad]
         self.world = make_world(config.world, "train", self.model.config.image_size)
         start = time.perf_counter()
@@ -632,8 +634,16 @@ class Trainer:
     def _load_checkpoint(self, folder: Path) -> None:
         state_dict, _, _ = load_part(folder, "denoiser")
         self.denoiser.load_state_dict(state_dict)
-        self.ema.shadow = {n: t.float() for n, t in load_file(str(folder / "ema.safetensors")).items()}
+        params = dict(self.denoiser.named_parameters())
+        # Checkpoints hold contiguous tensors; each goes back into its parameter's layout (channels_last kernels),
+        # because a different layout runs different kernels and the resumed run would drift from the uninterrupted one.
+        self.ema.shadow = {n: torch.empty_like(params[n], dtype=torch.float32).copy_(t)
+                           for n, t in load_file(str(folder / "ema.safetensors")).items()}
         self.optimizer.load_state_dict(unflatten_optimizer_state(*_load_tensors_json(folder, "optimizer")))
+        for p, state in self.optimizer.state.items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    state[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
         trainer_state = json.loads((folder / "trainer_state.json").read_text())
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.step, self.elapsed = trainer_state["step"], trainer_state["elapsed_seconds"]

@@ -1,6 +1,6 @@
 """Train the tiny autoencoder of a world, evaluate it on the world's test split, and ship it with a model card.
 
-    python -m ctxdiff_from_scratch autoencoder --world shapes --out data/checkpoints/shapes --edge-weight 4 --threads 2
+    python -m ctxdiff_from_scratch autoencoder --world shapes --out data/checkpoints/shapes --threads 2
     python -m ctxdiff_from_scratch.train_autoencoder --world glyphs --out data/checkpoints/glyphs --minutes 5
 
 The images come from the world's *train* split episodes (queries, contexts and targets: everything the diffusion model
@@ -35,6 +35,11 @@ STROKE_KINDS = ("edge", "canny", "scribble")
 # Dark ink on white: scored by glyph IoU. GlyphWorld's only task is font2font, so its target kind is "font".
 INK_KINDS = ("font",)
 RECONSTRUCTION_LOSSES = ("l1", "l2")
+# Extra loss weight on stroke pixels, per world. With the L1 loss thin edges needed a strong weight: with 4, edge maps
+# decoded to black for the first ~1300 steps (edge F1 0); with 16, edge F1 was 0.48 after ~550 steps (48 was no
+# better). With L2, 4 keeps them on ShapesWorld (F1 0.97) and gains ~1 dB on styled images, seg and depth maps over
+# 16; glyph outlines want 32 (IoU 0.952 vs 0.949 with 16). Screens in the model cards.
+EDGE_WEIGHTS = {"shapes": 4.0, "glyphs": 32.0}
 
 
 @dataclass
@@ -51,10 +56,8 @@ class TrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     kl_weight: float = 1e-5
-    # With the L1 loss thin edges needed a strong weight: with 4, edge maps decoded to black for the first ~1300 steps
-    # (edge F1 0); with 16, edge F1 was 0.48 after ~550 steps (48 was no better). With L2, 4 keeps them on ShapesWorld
-    # (F1 0.97) and gains ~1 dB on styled images, seg and depth maps over 16; glyphs want 32 (IoU 0.952 vs 0.949).
-    edge_weight: float = 16.0
+    # None: the world's own weight, EDGE_WEIGHTS[world].
+    edge_weight: float | None = None
     # "l2" or "l1" (LDM's choice): the squared error punishes a half-grey pixel on a 1-pixel stroke far more than
     # many small errors on flat areas, and that keeps thin strokes across the 0.5 threshold: in a screen of 9000-step
     # runs edge F1 rose from 0.87-0.92 to 0.96 and glyph IoU from 0.944 to 0.951-0.952 (model cards).
@@ -74,6 +77,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "pool_size", "eval_images", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.edge_weight is None:
+            self.edge_weight = EDGE_WEIGHTS[self.world]
         if self.lr <= 0 or self.kl_weight < 0 or self.edge_weight < 0:
             raise ValueError(f"need lr > 0, kl_weight >= 0 and edge_weight >= 0; got lr={self.lr}, "
                              f"kl_weight={self.kl_weight}, edge_weight={self.edge_weight}.")
@@ -234,13 +239,17 @@ def train_autoencoder(config: TrainConfig, out: str | Path | None = None, images
         images = training_images(world, config.pool_size, seed=config.seed)
     pool_seconds = time.perf_counter() - start
     model_config = AutoencoderConfig.profile(config.profile, image_size=images.shape[-1])
-    model = Autoencoder(model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    # channels_last and the fused AdamW kernel (one call for all tensors): faster steps on a 2-core CPU
+    # (benchmarks/autoencoder_throughput.py); the model is handed back, and saved, in the usual contiguous layout.
+    model = Autoencoder(model_config).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0,
+                                  fused=device.type in ("cpu", "cuda"))
     logger = CSVLogger(Path(out) / "autoencoder_log.csv") if out is not None else None
 
     def batch_at(index: torch.Tensor) -> torch.Tensor:
         x = images[index]
-        return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(device)
+        x = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()).to(device)
+        return x.contiguous(memory_format=torch.channels_last)
 
     train_start, cpu_start = time.perf_counter(), time.process_time()
     seen, step, loss_ema = 0, 0, None
@@ -272,7 +281,7 @@ def train_autoencoder(config: TrainConfig, out: str | Path | None = None, images
     train_seconds = time.perf_counter() - train_start
     # CPU seconds of this process: with one thread, about the wall time the run would take on an idle machine
     cpu_seconds = time.process_time() - cpu_start
-    model.eval()
+    model.eval().to(memory_format=torch.contiguous_format)
     model.config = with_scale_factor(model.config, 1.0)
     scale = estimate_scale_factor(model, batch_at(torch.arange(min(len(images), 2048))))
     model.config = with_scale_factor(model.config, scale)
@@ -370,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak AdamW learning rate")
     parser.add_argument("--kl-weight", type=float, default=defaults.kl_weight)
-    parser.add_argument("--edge-weight", type=float, default=defaults.edge_weight)
+    parser.add_argument("--edge-weight", type=float, default=None,
+                        help="extra loss weight on stroke pixels (default: the world's, "
+                             + ", ".join(f"{w} {v:g}" for w, v in EDGE_WEIGHTS.items()) + ")")
     parser.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default=defaults.loss,
                         help=f"per-pixel reconstruction error (default {defaults.loss}; l2 keeps thin strokes)")
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size, help="training images drawn up front")

@@ -191,6 +191,7 @@ def test_training_is_reproducible_and_writes_logs(tmp_path):
     b, _ = train_autoencoder(config, images=images, device="cpu")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
+        assert p.is_contiguous(), f"{name}: trained in channels_last, handed back contiguous"
     assert (tmp_path / "autoencoder_log.csv").read_text().startswith("step,loss,rec,kl,lr,img_per_s,elapsed_s")
     assert (tmp_path / "autoencoder_loss.png").stat().st_size > 1000
 
@@ -244,12 +245,22 @@ def test_cli_trains_and_records_its_recipe(tmp_path, capsys):
     from ctxdiff_from_scratch.train_autoencoder import main
 
     main(["--world", "shapes", "--out", str(tmp_path), "--profile", "tiny", "--steps", "3", "--pool-size", "16",
-          "--eval-images", "2", "--loss", "l1", "--edge-weight", "4", "--threads", "1"])
+          "--eval-images", "2", "--loss", "l1", "--edge-weight", "6", "--threads", "1"])
     train_config = load_part(tmp_path, "autoencoder")[2]["train_config"]
-    assert (train_config["loss"], train_config["edge_weight"], train_config["steps"]) == ("l1", 4.0, 3)
+    assert (train_config["loss"], train_config["edge_weight"], train_config["steps"]) == ("l1", 6.0, 3)
     card = (tmp_path / "autoencoder_card.md").read_text()
-    assert "L1 reconstruction loss" in card and "edge weight 4.0" in card
+    assert "L1 reconstruction loss" in card and "edge weight 6.0" in card
     assert "test metrics" in capsys.readouterr().out
+
+
+def test_edge_weight_defaults_to_the_worlds_own():
+    """No --edge-weight: each world trains with its screened weight (shapes 4, glyphs 32); a given one is kept."""
+    from ctxdiff_from_scratch.train_autoencoder import TrainConfig, build_parser
+
+    assert TrainConfig(world="shapes").edge_weight == 4.0
+    assert TrainConfig(world="glyphs").edge_weight == 32.0
+    assert TrainConfig(world="glyphs", edge_weight=0.0).edge_weight == 0.0
+    assert build_parser().parse_args(["--world", "glyphs", "--out", "x"]).edge_weight is None
 
 
 # --- shipped checkpoints: load them and measure them on the world's test split --------------------------------------

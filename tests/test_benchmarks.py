@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     out = tmp_path / "ttq"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke",
-                             "--threads", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+                             "--threads", "1", "--combine", "concat", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}
@@ -18,10 +18,13 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     assert 0 <= summary["quality"]["rmse_forward_C"] <= 1
     assert (out / "stage2" / "denoiser.safetensors").exists()
     assert "whole stack trained in" in result.stdout
-    # the recipe: the autoencoder (ShapesWorld's edge weight) before the encoders, both on the --threads given
+    # the recipe: the autoencoder before the encoders, both on the --threads given
     autoencoder, encoders = summary["commands"]["frozen parts"]
-    assert " autoencoder " in autoencoder and "--edge-weight 4" in autoencoder and "--threads 1" in autoencoder
+    assert " autoencoder " in autoencoder and "--threads 1" in autoencoder
     assert " encoders " in encoders and "--threads 1" in encoders
+    # --combine reaches stage 1, and stage 2 inherits it from stage 1's model
+    assert "--combine concat" in summary["commands"]["stage 1"][0]
+    assert json.loads((out / "stage2" / "denoiser.json").read_text())["config"]["context"]["combine"] == "concat"
 
 
 def test_time_to_quality_refuses_a_used_folder(tmp_path):
