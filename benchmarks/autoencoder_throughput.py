@@ -24,7 +24,7 @@ import time
 import torch
 
 from ctxdiff_from_scratch.autoencoder import Autoencoder, AutoencoderConfig
-from ctxdiff_from_scratch.train_autoencoder import EDGE_WEIGHTS, TrainConfig, autoencoder_loss
+from ctxdiff_from_scratch.train_autoencoder import TrainConfig, autoencoder_loss
 
 WARMUP_STEPS = 10
 
@@ -37,13 +37,13 @@ def milliseconds_per_step(recipe: bool, profile: str, batch_size: int, steps: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=recipe or None)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(64, 3, model.config.image_size, model.config.image_size, generator=generator)
-    config = TrainConfig(profile=profile)
+    config = TrainConfig(profile=profile)  # ShapesWorld's recipe: its loss, KL weight and edge weight
     for step in range(WARMUP_STEPS + steps):
         if step == WARMUP_STEPS:
             start = time.perf_counter()
         batch = images[torch.randint(0, len(images), (batch_size,), generator=generator)]
         loss, _ = autoencoder_loss(model, batch.contiguous(memory_format=layout), config.kl_weight,
-                                   EDGE_WEIGHTS["shapes"], generator, config.loss)
+                                   config.edge_weight, generator, config.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     out = tmp_path / "ttq"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke",
-                             "--threads", "1", "--combine", "concat", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+                             "--threads", "1", "--combine", "concat", "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}
