@@ -1,6 +1,6 @@
 """Train a world's CLIP-style context encoders, evaluate them by retrieval, and write them as a checkpoint folder.
 
-    python -m ctxdiff_from_scratch encoders --world shapes   # image <-> prompt, ~4 min on a quiet 2-core CPU
+    python -m ctxdiff_from_scratch encoders --world shapes   # image <-> prompt and style sibling, ~4.5 min on 2 cores
     python -m ctxdiff_from_scratch encoders --world glyphs   # 4 glyphs of a font <-> 4 others, ~4-7 min
     python -m ctxdiff_from_scratch encoders --world shapes --eval-only  # re-measure the shipped checkpoint
 
@@ -16,6 +16,10 @@ temperature. The positives differ per world:
   same words with the colours bound to other shapes. Random negatives can be told apart by their bag of colours
   alone; a twin only by which colour goes with which shape, which is what the diffusion model must read off its
   context. (Measured: it helps the encoders, not yet the denoiser; see ``EncoderTrainConfig.binding_twins``.)
+  With ``style_pairs`` (the ShapesWorld default) each image also meets its *style sibling*, the same style painted on
+  another layout (``ShapesWorld.styled_siblings``), in a second InfoNCE term. A prompt names the background's pattern
+  and colour but not the angle of its stripes, so image <-> prompt alone never asks the encoder to keep it; a context
+  image and its episode's target share it, and the diffusion model must copy it.
 * GlyphWorld has no prompts: the two views of a font are two *disjoint sets* of its glyphs. Each glyph goes through
   the image encoder on its own (it will see single glyphs as context images later) and a set's embedding is the
   mean of its glyphs' normalised embeddings (:func:`encode_glyph_sets`). All glyphs of the training fonts are
@@ -83,6 +87,9 @@ class EncoderTrainConfig:
     # (0.413 / 0.423). But the whole 45-minute recipe on these encoders gave a forward context gain of 31.2%, against
     # 36.1% with the shipped plain 400-step encoders, so it is off by default.
     binding_twins: bool = False
+    # shapes: add the image <-> style-sibling InfoNCE term (see the module docstring). None: on for shapes unless
+    # binding_twins is on (the two are alternatives), off for glyphs.
+    style_pairs: bool | None = None
 
     WORLD_DEFAULTS: ClassVar[dict[str, dict]] = {"shapes": {}, "glyphs": dict(steps=250, batch_size=32)}
     PROFILES: ClassVar[dict[str, dict]] = {
@@ -105,6 +112,12 @@ class EncoderTrainConfig:
         if self.batch_size < 2:
             raise ValueError("a contrastive batch needs at least 2 pairs (the others are the negatives); "
                              f"got batch_size={self.batch_size}.")
+        if self.style_pairs is None:
+            self.style_pairs = self.world == "shapes" and not self.binding_twins
+        if self.style_pairs and (self.world != "shapes" or self.binding_twins):
+            raise ValueError(f"style_pairs pairs every ShapesWorld image with another image of its style; it needs "
+                             f"world='shapes' and binding_twins off, got world={self.world!r}, "
+                             f"binding_twins={self.binding_twins}.")
         if self.binding_twins and (self.world != "shapes" or self.batch_size % 2):
             raise ValueError(f"binding_twins pairs every ShapesWorld image with its twin, so it needs world='shapes' "
                              f"and an even batch_size; got world={self.world!r}, batch_size={self.batch_size}.")
@@ -141,6 +154,16 @@ class ContrastivePair(nn.Module):
         image_emb = self.image_encoder(images).pooled
         text_emb = self.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
         return clip_loss(image_emb, text_emb, self.scale()), retrieval_top1(image_emb, text_emb)
+
+    def style_pair_loss(self, images: torch.Tensor, siblings: torch.Tensor,
+                        tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE(image, prompt) + InfoNCE(image, style sibling) for images and siblings (B, 3, H, W); returns
+        (loss, in-batch image -> prompt top-1)."""
+        both = self.image_encoder(torch.cat([images, siblings])).pooled  # (2B, 3, H, W) -> (2B, E)
+        image_emb, sibling_emb = both.chunk(2)  # (2B, E) -> 2 x (B, E)
+        text_emb = self.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
+        loss = clip_loss(image_emb, text_emb, self.scale()) + clip_loss(image_emb, sibling_emb, self.scale())
+        return loss, retrieval_top1(image_emb, text_emb)
 
     def glyph_set_loss(self, sets_a: torch.Tensor, sets_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """InfoNCE between two glyph sets (B, m, 3, H, W) per font (one font per row); returns (loss, top-1)."""
@@ -194,6 +217,14 @@ def twin_pairs(world, seeds) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(images), [p for pair in prompts for p in pair]  # N x (2, 3, H, W) -> (2N, 3, H, W)
 
 
+def sibling_pairs(world, seeds) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 3, H, W), their style siblings (N, 3, H, W) and prompts for ``seeds`` of a ShapesWorld
+    (``styled_siblings``)."""
+    pairs, prompts = zip(*(world.styled_siblings(int(seed)) for seed in seeds))
+    both = torch.stack(pairs)  # N x (2, 3, H, W) -> (N, 2, 3, H, W)
+    return both[:, 0], both[:, 1], list(prompts)
+
+
 def fit_tokenizer(world, n_prompts: int, max_length: int) -> WordTokenizer:
     """A word tokenizer fitted on the prompts of the first ``n_prompts`` styled images of ``world``."""
     return WordTokenizer.fit((world.styled_image(seed)[1] for seed in range(n_prompts)), max_length=max_length)
@@ -233,26 +264,31 @@ def evaluate_shapes(image_encoder: ImageEncoder, text_encoder: TextEncoder, toke
 
     Each round walks the split's styled images from seed ``seed`` on and keeps an image only if its prompt is not
     yet in the round, so exactly one candidate is correct (no ties between identical prompts). Returns
-    ``image_to_text`` and ``text_to_image`` top-1, ``chance`` (1 / candidates) and ``queries``.
+    ``image_to_text`` and ``text_to_image`` top-1, ``image_to_style`` (the image must find its style sibling, the
+    same style on another layout, among the round's siblings: the match a context image and its target make),
+    ``chance`` (1 / candidates) and ``queries``.
     """
     world = _shapes_world(split, image_encoder.config.image_size)
     image_encoder.eval(), text_encoder.eval()
-    next_seed, i2t, t2i = seed, [], []
+    next_seed, i2t, t2i, i2s = seed, [], [], []
     for _ in range(rounds):
-        images, prompts = [], []
+        pairs, prompts = [], []
         while len(prompts) < candidates:
-            image, prompt = world.styled_image(next_seed)
+            pair, prompt = world.styled_siblings(next_seed)  # pair[0] is styled_image(next_seed)'s image
             next_seed += 1
             if prompt not in prompts:
-                images.append(image)
+                pairs.append(pair)
                 prompts.append(prompt)
-        image_emb = image_encoder(torch.stack(images).to(device)).pooled  # (candidates, 3, H, W) -> (candidates, E)
+        both = torch.stack(pairs).to(device)  # candidates x (2, 3, H, W) -> (candidates, 2, 3, H, W)
+        image_emb = image_encoder(both[:, 0]).pooled  # (candidates, 3, H, W) -> (candidates, E)
+        sibling_emb = image_encoder(both[:, 1]).pooled
         tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
         text_emb = text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
         i2t.append(retrieval_top1(image_emb, text_emb).item())
         t2i.append(retrieval_top1(text_emb, image_emb).item())
-    return {"image_to_text": sum(i2t) / rounds, "text_to_image": sum(t2i) / rounds, "candidates": candidates,
-            "chance": 1 / candidates, "queries": rounds * candidates}
+        i2s.append(retrieval_top1(image_emb, sibling_emb).item())
+    return {"image_to_text": sum(i2t) / rounds, "text_to_image": sum(t2i) / rounds, "image_to_style": sum(i2s) / rounds,
+            "candidates": candidates, "chance": 1 / candidates, "queries": rounds * candidates}
 
 
 @torch.no_grad()
@@ -344,13 +380,19 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         if config.world == "shapes":
-            if config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
-                half = config.batch_size // 2
-                images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))
-            else:  # batch_size fresh pairs per step
-                images, prompts = styled_pairs(world, range(step * config.batch_size, (step + 1) * config.batch_size))
-            tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
-            loss, top1 = model.image_text_loss(images.to(device), tokens)
+            seeds = range(step * config.batch_size, (step + 1) * config.batch_size)
+            if config.style_pairs:  # batch_size fresh styles per step, each painted on two layouts
+                images, siblings, prompts = sibling_pairs(world, seeds)
+                tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
+                loss, top1 = model.style_pair_loss(images.to(device), siblings.to(device), tokens)
+            else:
+                if config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
+                    half = config.batch_size // 2
+                    images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))
+                else:  # batch_size fresh pairs per step
+                    images, prompts = styled_pairs(world, seeds)
+                tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
+                loss, top1 = model.image_text_loss(images.to(device), tokens)
         else:
             _, sets_a, sets_b = sample_glyph_sets(bank, min(config.batch_size, bank.shape[0]),
                                                   config.glyphs_per_set, generator)
@@ -403,9 +445,10 @@ def metric_text(world: str, metrics: dict, glyphs_per_set: int = 4) -> str:
     """One line of retrieval results, for cards and printouts."""
     if world == "shapes":
         return ("image -> prompt top-1 retrieval among {n} distinct test-split prompts: **{a:.3f}** "
-                "(prompt -> image {b:.3f}; chance {c:.3f}; {q} queries)").format(
-            n=metrics["candidates"], a=metrics["image_to_text"], b=metrics["text_to_image"], c=metrics["chance"],
-            q=metrics["queries"])
+                "(prompt -> image {b:.3f}; image -> same style on another layout {s:.3f}; chance {c:.3f}; "
+                "{q} queries)").format(
+            n=metrics["candidates"], a=metrics["image_to_text"], b=metrics["text_to_image"],
+            s=metrics["image_to_style"], c=metrics["chance"], q=metrics["queries"])
     return ("same-font top-1 retrieval among {n} held-out test fonts, a set of {m} glyphs against a disjoint set of "
             "{m}: **{a:.3f}** (reverse {b:.3f}; chance {c:.3f}; {q} queries)").format(
         n=metrics["candidates"], m=glyphs_per_set, a=metrics["top1"], b=metrics["top1_reverse"],
@@ -422,6 +465,9 @@ def write_card(path: Path, summary: dict) -> Path:
             positives += ("; half of each batch are binding twins of the other half (`ShapesWorld.styled_twins`: "
                           "the same layout and words with colours bound to other shapes), each the other's hardest "
                           "negative")
+        if summary["train_config"]["style_pairs"]:
+            positives += ("; each image also meets its style sibling, the same style painted on another layout "
+                          "(`ShapesWorld.styled_siblings`), in a second InfoNCE term")
     else:
         files = "`image_encoder.{safetensors,json}` (no prompts in this world, so no text encoder)"
         positives = ("two disjoint glyph sets of the same font; each glyph encoded alone, a set's embedding is the "
@@ -474,6 +520,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--binding-twins", action="store_true", default=None,
                         help="shapes: pair every image in a batch with its binding twin (the hard negative that paints "
                              "the same layout with colours bound to other shapes); off by default, see the model card")
+    parser.add_argument("--style-pairs", action=argparse.BooleanOptionalAction, default=None,
+                        help="shapes: add InfoNCE between each image and the same style on another layout "
+                             "(default: on for shapes, unless --binding-twins)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the encoders in --out, do not train")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -488,7 +537,8 @@ def main(argv: list[str] | None = None) -> dict:
         return metrics
     overrides = {name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
                                                  ("lr", args.lr), ("seed", args.seed),
-                                                 ("binding_twins", args.binding_twins)) if value is not None}
+                                                 ("binding_twins", args.binding_twins),
+                                                 ("style_pairs", args.style_pairs)) if value is not None}
     config = EncoderTrainConfig.for_world(args.world, args.profile, **overrides)
     command = " ".join(["python -m ctxdiff_from_scratch encoders", *(sys.argv[1:] if argv is None else argv)])
     summary = train_encoders(config, out, device, command=command)

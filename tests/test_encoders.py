@@ -9,7 +9,7 @@ from ctxdiff_from_scratch.encoders import (ImageEncoder, ImageEncoderConfig, Tex
                                            clip_loss, retrieval_top1)
 from ctxdiff_from_scratch.tokenizer import WordTokenizer
 from ctxdiff_from_scratch.train_encoders import (ContrastivePair, EncoderTrainConfig, encode_glyph_sets,
-                                                 learning_rate, main, sample_glyph_sets, twin_pairs)
+                                                 learning_rate, main, sample_glyph_sets, sibling_pairs, twin_pairs)
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 COLOURS = ["red", "green", "blue", "yellow", "purple", "white", "black", "grey"]
@@ -114,6 +114,10 @@ def test_bad_configs_give_clear_errors(tokenizer):
     assert EncoderTrainConfig(batch_size=9).batch_size == 9
     with pytest.raises(ValueError, match="binding_twins"):
         EncoderTrainConfig(world="glyphs", binding_twins=True)
+    with pytest.raises(ValueError, match="style_pairs"):
+        EncoderTrainConfig(world="glyphs", style_pairs=True)
+    with pytest.raises(ValueError, match="style_pairs"):
+        EncoderTrainConfig(style_pairs=True, binding_twins=True)
     with pytest.raises(FileNotFoundError, match="image_encoder.safetensors"):
         ImageEncoder.from_pretrained("/nonexistent")
 
@@ -163,6 +167,28 @@ def test_twin_batches_hold_each_image_next_to_its_binding_twin():
         twins, twin_prompts = world.styled_twins(seed)
         assert torch.equal(images[2 * i: 2 * i + 2], twins) and prompts[2 * i: 2 * i + 2] == twin_prompts
     assert not EncoderTrainConfig.for_world("shapes").binding_twins  # opt-in: see the config's comment
+
+
+def test_style_pairs_are_the_shapes_default_and_add_an_image_to_sibling_term(tokenizer):
+    assert EncoderTrainConfig.for_world("shapes").style_pairs
+    assert not EncoderTrainConfig.for_world("glyphs").style_pairs
+    assert not EncoderTrainConfig.for_world("shapes", binding_twins=True).style_pairs  # the two are alternatives
+    world = ShapesWorld("train", size=16)
+    images, siblings, prompts = sibling_pairs(world, range(3, 7))
+    assert images.shape == siblings.shape == (4, 3, 16, 16) and len(prompts) == 4
+    for i, seed in enumerate(range(3, 7)):
+        pair, prompt = world.styled_siblings(seed)
+        assert torch.equal(images[i], pair[0]) and torch.equal(siblings[i], pair[1]) and prompts[i] == prompt
+    torch.manual_seed(0)
+    model = ContrastivePair(tiny_image(), tiny_text(tokenizer), init_temperature=0.07)
+    tokens = tokenizer(prompts)
+    loss, top1 = model.style_pair_loss(images, siblings, tokens)
+    with torch.no_grad():
+        image_emb, sibling_emb = model.image_encoder(images).pooled, model.image_encoder(siblings).pooled
+        text_emb = model.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
+        expected = clip_loss(image_emb, text_emb, model.scale()) + clip_loss(image_emb, sibling_emb, model.scale())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert top1.item() == retrieval_top1(image_emb, text_emb).item()
 
 
 def test_a_few_glyph_set_steps_lower_the_loss():
@@ -222,6 +248,15 @@ def test_cli_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
         assert (tmp_path / name).is_file(), name
     assert "--profile tiny" in (tmp_path / "encoders_card.md").read_text()
     assert 0.0 <= summary["test"]["image_to_text"] <= 1.0 and summary["test"]["queries"] == 8
+    assert 0.0 <= summary["test"]["image_to_style"] <= 1.0
+    assert summary["train_config"]["style_pairs"] and "style sibling" in (tmp_path / "encoders_card.md").read_text()
+
+
+def test_cli_no_style_pairs_trains_on_prompts_alone(tmp_path):
+    summary = main(["--world", "shapes", "--profile", "tiny", "--no-style-pairs", "--out", str(tmp_path),
+                    "--device", "cpu"])
+    assert summary["train_config"]["style_pairs"] is False
+    assert "style sibling" not in (tmp_path / "encoders_card.md").read_text()
 
 
 def test_cli_binding_twins_run_trains_on_twin_batches(tmp_path):

@@ -39,8 +39,8 @@ def test_output_shape_range_and_type(pipe, episodes):
     single = run(pipe, query=ep.query, context=ep.context, prompt=ep.prompt)
     assert single.shape == (1, 3, SIZE, SIZE) and single.dtype == torch.float32
     assert single.min() >= 0 and single.max() <= 1 and single.device.type == "cpu"
-    batch = run(pipe, query=torch.stack([e.query for e in episodes]), context=torch.stack([e.context for e in episodes]),
-                prompt=[e.prompt for e in episodes])
+    batch = run(pipe, query=torch.stack([e.query for e in episodes]),
+                context=torch.stack([e.context for e in episodes]), prompt=[e.prompt for e in episodes])
     assert batch.shape == (2, 3, SIZE, SIZE)
 
 

@@ -271,6 +271,24 @@ def test_binding_twin_rebinds_the_same_words_within_the_split_rules(train, test_
             assert (prompts[1] != prompt) == (not torch.equal(images[1], image))  # no twin: a plain repeat
 
 
+def test_style_siblings_paint_one_style_on_two_layouts(train, test_world):
+    for world in (train, test_world):
+        agree_own, agree_other = [], []
+        for seed in range(20):
+            images, prompt = world.styled_siblings(seed)
+            image, own_prompt = world.styled_image(seed)
+            assert images.shape == (2, 3, 64, 64) and torch.equal(images[0], image) and prompt == own_prompt
+            assert not torch.equal(images[1], images[0])  # another layout
+            # the bare background of the style: both siblings show it wherever no shape covers it
+            background = world.render(Layout(shapes=()), world.style(seed))
+            other = world.render(Layout(shapes=()), world.style(seed + 1000))
+
+            for backdrop, agreement in ((background, agree_own), (other, agree_other)):
+                agreement.append((images == backdrop).all(dim=1).float().mean(dim=(1, 2)))  # (2, 3, H, W) -> (2,)
+        assert torch.stack(agree_own).min() > 0.5  # shapes cover well under half of an image
+        assert torch.stack(agree_other).mean() < 0.2
+
+
 def test_collate_mixed_k(train):
     episodes = [train.episode(s, None, k) for s, k in ((0, 0), (1, 1), (2, 3))]
     batch = collate_episodes(episodes)

@@ -23,7 +23,8 @@ from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.schedule import NoiseSchedule, ScheduleConfig
 from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, diffusion_loss, draw_batch,
                                         drop_case_probabilities, flatten_optimizer_state, main, min_snr_weight,
-                                        rng_state, set_rng_state, train, unflatten_optimizer_state)
+                                        rng_state, set_rng_state, shifted_timesteps, train,
+                                        unflatten_optimizer_state)
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -202,6 +203,33 @@ def test_min_snr_loss_reweights_examples_and_zero_is_plain_eq2():
                          (min_snr_weight(schedule, t, 5.0) * per_example).mean())
     with pytest.raises(ValueError, match="min_snr_gamma"):
         TrainConfig.from_profile("tiny", min_snr_gamma=-1.0)
+
+
+def test_timestep_shift_leans_towards_noise_and_one_is_the_uniform_draw():
+    u = torch.tensor([0.0, 0.25, 0.5, 0.999999], dtype=torch.float64)
+    assert shifted_timesteps(u, 1.0, 1000).tolist() == [0, 250, 500, 999]
+    # s = 3u / (1 + 2u): 0.25 -> 0.5, 0.5 -> 0.75; never T itself
+    assert shifted_timesteps(u, 3.0, 1000).tolist() == [0, 500, 750, 999]
+    pool = fake_pool()
+
+    def timesteps(shift: float) -> torch.Tensor:
+        config = TrainConfig.from_profile("tiny", batch_size=40000, timestep_shift=shift)
+        return draw_batch(pool, config, 0, (4, 2, 2), 1000).t
+
+    uniform, shifted = timesteps(1.0), timesteps(3.0)
+    assert int(shifted.min()) >= 0 and int(shifted.max()) <= 999
+    assert abs((uniform > 666).float().mean() - 1 / 3) < 0.01
+    assert abs((shifted > 666).float().mean() - 0.6) < 0.01  # 3u / (1 + 2u) > 2/3  <=>  u > 0.4
+    assert torch.equal(timesteps(3.0), shifted)
+    with pytest.raises(ValueError, match="timestep_shift"):
+        TrainConfig.from_profile("tiny", timestep_shift=0.0)
+
+
+def test_timestep_shift_flag_reaches_the_run(parts_dir, tmp_path):
+    summary = main(["--profile", "tiny", "--parts", str(parts_dir), "--out", str(tmp_path / "shift"), "--steps", "2",
+                    "--timestep-shift", "3"])
+    assert summary["config"]["timestep_shift"] == 3.0
+    assert json.loads((tmp_path / "shift/train_summary.json").read_text())["config"]["timestep_shift"] == 3.0
 
 
 def test_min_snr_gamma_flag_reaches_the_run(parts_dir, tmp_path):

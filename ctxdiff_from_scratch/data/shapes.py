@@ -241,6 +241,18 @@ class ShapesWorld:
         images = [torch.from_numpy(self._painter.paint(raster, s)) for s in (style, twin)]
         return torch.stack(images), [style.describe(layout.classes), twin.describe(layout.classes)]
 
+    def styled_siblings(self, seed: int) -> tuple[torch.Tensor, str]:
+        """``styled_image(seed)`` and its style painted on a second layout, drawn next from the same stream.
+
+        Returns images (2, 3, H, W) and the first image's prompt. The two share everything the style fixes (the
+        background's pattern, colour and angle, each class's fill) and nothing else: what a context image shares
+        with its episode's target, so an encoder that must match them keeps what the diffusion model reads.
+        """
+        rng, style, layout, raster = self._styled_draw(seed)
+        _, second = sample_layout(self._draw_layout_seed(rng), self.size, (), self.config)
+        images = [torch.from_numpy(self._painter.paint(r, style)) for r in (raster, second)]
+        return torch.stack(images), style.describe(layout.classes)
+
     def _styled_draw(self, seed: int) -> tuple[random.Random, Style, Layout, Raster]:
         """The style, layout and raster of ``styled_image(seed)``, and the random stream they were drawn from."""
         _check_seed(seed)
