@@ -148,21 +148,17 @@ class ContrastivePair(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
 
-    def image_text_loss(self, images: torch.Tensor,
-                        tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """InfoNCE between images (B, 3, H, W) and their tokenized prompts; returns (loss, in-batch top-1)."""
-        image_emb = self.image_encoder(images).pooled
+    def image_text_loss(self, images: torch.Tensor, tokens: dict[str, torch.Tensor],
+                        siblings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE between images (B, 3, H, W) and their tokenized prompts, plus InfoNCE between the images and their
+        style ``siblings`` (B, 3, H, W) when given; returns (loss, in-batch image -> prompt top-1)."""
+        batch = images if siblings is None else torch.cat([images, siblings])  # (B or 2B, 3, H, W)
+        embeddings = self.image_encoder(batch).pooled  # -> (B or 2B, E)
+        image_emb = embeddings[:len(images)]
         text_emb = self.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
-        return clip_loss(image_emb, text_emb, self.scale()), retrieval_top1(image_emb, text_emb)
-
-    def style_pair_loss(self, images: torch.Tensor, siblings: torch.Tensor,
-                        tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """InfoNCE(image, prompt) + InfoNCE(image, style sibling) for images and siblings (B, 3, H, W); returns
-        (loss, in-batch image -> prompt top-1)."""
-        both = self.image_encoder(torch.cat([images, siblings])).pooled  # (2B, 3, H, W) -> (2B, E)
-        image_emb, sibling_emb = both.chunk(2)  # (2B, E) -> 2 x (B, E)
-        text_emb = self.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
-        loss = clip_loss(image_emb, text_emb, self.scale()) + clip_loss(image_emb, sibling_emb, self.scale())
+        loss = clip_loss(image_emb, text_emb, self.scale())
+        if siblings is not None:
+            loss = loss + clip_loss(image_emb, embeddings[len(images):], self.scale())
         return loss, retrieval_top1(image_emb, text_emb)
 
     def glyph_set_loss(self, sets_a: torch.Tensor, sets_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,19 +376,17 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         if config.world == "shapes":
-            seeds = range(step * config.batch_size, (step + 1) * config.batch_size)
+            seeds, siblings = range(step * config.batch_size, (step + 1) * config.batch_size), None
             if config.style_pairs:  # batch_size fresh styles per step, each painted on two layouts
                 images, siblings, prompts = sibling_pairs(world, seeds)
-                tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
-                loss, top1 = model.style_pair_loss(images.to(device), siblings.to(device), tokens)
-            else:
-                if config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
-                    half = config.batch_size // 2
-                    images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))
-                else:  # batch_size fresh pairs per step
-                    images, prompts = styled_pairs(world, seeds)
-                tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
-                loss, top1 = model.image_text_loss(images.to(device), tokens)
+                siblings = siblings.to(device)
+            elif config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
+                half = config.batch_size // 2
+                images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))
+            else:  # batch_size fresh pairs per step
+                images, prompts = styled_pairs(world, seeds)
+            tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
+            loss, top1 = model.image_text_loss(images.to(device), tokens, siblings)
         else:
             _, sets_a, sets_b = sample_glyph_sets(bank, min(config.batch_size, bank.shape[0]),
                                                   config.glyphs_per_set, generator)

@@ -182,7 +182,7 @@ def test_style_pairs_are_the_shapes_default_and_add_an_image_to_sibling_term(tok
     torch.manual_seed(0)
     model = ContrastivePair(tiny_image(), tiny_text(tokenizer), init_temperature=0.07)
     tokens = tokenizer(prompts)
-    loss, top1 = model.style_pair_loss(images, siblings, tokens)
+    loss, top1 = model.image_text_loss(images, tokens, siblings)
     with torch.no_grad():
         image_emb, sibling_emb = model.image_encoder(images).pooled, model.image_encoder(siblings).pooled
         text_emb = model.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
