@@ -16,8 +16,11 @@ runs, its output in ``OUT/logs/``):
 2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``, merging the k context token sequences as
    ``--combine`` says (default: the paper's sum; stage 2 keeps stage 1's choice);
 3. ``train --stage 2`` (query adapter, base encoder frozen) for the rest of the budget (``--budget-minutes`` minus
-   what the phases before took, minus ``STAGE2_RESERVE_MINUTES`` for loading and saving), or ``--stage2-minutes``;
-4. ``eval`` on the test split (timed apart: it measures the model, it is not part of the recipe).
+   what the phases before took, minus ``STAGE2_RESERVE_MINUTES`` for loading and saving and
+   ``GUIDANCE_RESERVE_MINUTES`` for the next phase), or ``--stage2-minutes``;
+4. ``tune-guidance``: the model's default context guidance s_c, chosen on unseen *train* episodes and written to its
+   ``sampling.json`` (part of the recipe, so inside the budget);
+5. ``eval`` on the test split with that s_c (timed apart: it measures the model, it is not part of the recipe).
 
 Each finished phase is recorded in ``OUT/phases.json`` (wall seconds and commands); ``--resume`` continues an
 interrupted run from the first unrecorded phase, whose partial output is removed first, and counts the recorded times.
@@ -51,8 +54,11 @@ STAGE2_RESERVE_MINUTES = 1.5
 # Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
 # reaches (~3.6 steps/s there), so a faster machine trains longer rather than stopping early.
 STAGE2_MAX_STEPS = 20000
-PHASES = ("frozen parts", "stage 1", "stage 2", "eval")
-PHASE_OUTPUT = {"frozen parts": "parts", "stage 1": "stage1", "stage 2": "stage2", "eval": "eval.json"}
+# tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 1.3 minutes for 4 on a 2-core CPU (measured).
+GUIDANCE_RESERVE_MINUTES = 1.7
+PHASES = ("frozen parts", "stage 1", "stage 2", "guidance", "eval")
+PHASE_OUTPUT = {"frozen parts": "parts", "stage 1": "stage1", "stage 2": "stage2", "guidance": "stage2/sampling.json",
+                "eval": "eval.json"}
 SHAPES_GAIN_TARGET = 0.40
 FORWARD_TASKS = ("edge2img", "seg2img", "depth2img")
 
@@ -68,6 +74,8 @@ def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minut
     # Stage 2 inherits the merge of the k context token sequences from stage 1's model.
     combine = ["--combine", args.combine] if args.combine else []
     train = [*PACKAGE, "train", "--world", world, "--parts", str(parts), "--pool-cache", str(pool), *threads, *tiny]
+    guidance = [*PACKAGE, "tune-guidance", "--checkpoint", str(out / "stage2"), "--no-progress",
+                *(["--episodes", "2", "--scales", "2", "3", "--steps", "2"] if args.smoke else [])]
     evaluate = [*PACKAGE, "eval", "--checkpoint", str(out / "stage2"), "--out", str(out / "eval.json"),
                 "--episodes", str(args.episodes), "--settings", "C", "none", "--no-progress"]
     if world == "shapes":
@@ -82,6 +90,7 @@ def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minut
         "stage 2": [[*train, "--stage", "2", "--init", str(out / "stage1"), "--out", str(out / "stage2"),
                      "--minutes", f"{stage2_minutes:.2f}",
                      *([] if args.smoke else ["--steps", str(STAGE2_MAX_STEPS)]), "--save-dtype", "float16"]],
+        "guidance": [guidance],
         "eval": [evaluate],
     }
 
@@ -103,16 +112,25 @@ def run_phase(name: str, commands: list[list[str]], log_dir: Path) -> float:
     return seconds
 
 
+def remove_output(path: Path) -> None:
+    """Remove a phase's partial output, a folder or a file, before the phase runs again."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def quality(world: str, results: dict) -> dict:
     """The measured quality, its target and whether it is met."""
+    guidance = {"guidance_scale_context": results["config"]["guidance_scale_context"]}
     if world == "shapes":
         forward = results["rmse"]["forward"]
         gain = results["context_gain_forward"]
-        return {"rmse_forward_C": forward["C"], "rmse_forward_none": forward["none"],
+        return {**guidance, "rmse_forward_C": forward["C"], "rmse_forward_none": forward["none"],
                 "rmse_forward_mean_colour": forward["baseline_mean_colour"], "context_gain_forward": gain,
                 "target": f"context_gain_forward >= {SHAPES_GAIN_TARGET}", "met": gain >= SHAPES_GAIN_TARGET}
     iou = results["iou"]["font2font"]
-    return {"iou_C": iou["C"], "iou_none": iou["none"], "iou_query_glyph": iou["baseline_query_glyph"],
+    return {**guidance, "iou_C": iou["C"], "iou_none": iou["none"], "iou_query_glyph": iou["baseline_query_glyph"],
             "target": "iou_C > iou_query_glyph", "met": iou["C"] > iou["baseline_query_glyph"]}
 
 
@@ -152,9 +170,9 @@ def main() -> None:
         if name in seconds:
             print(f"[{name}] recorded: {seconds[name] / 60:.1f} min", flush=True)
             continue
-        shutil.rmtree(out / PHASE_OUTPUT[name], ignore_errors=True)
+        remove_output(out / PHASE_OUTPUT[name])
         stage2_minutes = args.stage2_minutes or (args.budget_minutes - sum(seconds.values()) / 60
-                                                 - STAGE2_RESERVE_MINUTES)
+                                                 - STAGE2_RESERVE_MINUTES - GUIDANCE_RESERVE_MINUTES)
         if name == "stage 2" and stage2_minutes <= 0:
             raise SystemExit(f"no time left for stage 2: the phases before took {sum(seconds.values()) / 60:.1f} "
                              f"of {args.budget_minutes} minutes.")

@@ -9,6 +9,8 @@ DELEGATED = {
     "train": ("ctxdiff_from_scratch.train", "main", "train the denoiser (stage 1, stage 2 or joint) of a world"),
     "sample": ("ctxdiff_from_scratch.evaluate", "main_sample", "generate images from a query and context images"),
     "eval": ("ctxdiff_from_scratch.evaluate", "main_eval", "measure RMSE / glyph IoU on a test split (C+P, C, P)"),
+    "tune-guidance": ("ctxdiff_from_scratch.tune_guidance", "main",
+                      "choose a checkpoint's default context guidance on unseen train episodes"),
     "autoencoder": ("ctxdiff_from_scratch.train_autoencoder", "main", "train the tiny autoencoder of a world"),
     "encoders": ("ctxdiff_from_scratch.train_encoders", "main",
                  "train the CLIP-style text and image encoders of a world"),
@@ -18,7 +20,7 @@ DELEGATED = {
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {name: text for name, (_, _, text) in DELEGATED.items()}
-    usage = "\n".join(f"  {name:<12} {text}" for name, text in commands.items())
+    usage = "\n".join(f"  {name:<14} {text}" for name, text in commands.items())
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: python -m ctxdiff_from_scratch <command> [options]\n\ncommands:\n{usage}\n\n"
               "Run `python -m ctxdiff_from_scratch <command> --help` for a command's options.")

@@ -26,7 +26,7 @@ import torch
 from .data import WORLDS, Episode, GlyphWorld, ShapesWorld, collate_episodes
 from .data.shapes import OUT_OF_DOMAIN_TASKS
 from .evaluate import (EvalConfig, SamplingSettings, generate_episodes, glyph_iou, mean_colour_baseline,
-                       per_image_mse, rmse)
+                       per_image_mse, rmse, with_checkpoint_guidance)
 from .plotting import episode_figure, image_grid, set_plot_style
 
 DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
@@ -181,9 +181,10 @@ def write_sample_figures(out_dir: str | Path, config: DemoConfig | None = None) 
             print(f"{world}: no sample figure: {reason}.")
             continue
         pipe = ContextDiffusionPipeline.from_pretrained(folder)
-        episodes, labels = demo_episodes(world, config, size=pipe.image_size)
-        outputs = generate_settings(pipe, episodes, config.settings[world], config)
-        fig = sample_figure(world, episodes, labels, outputs, config)
+        used = with_checkpoint_guidance(pipe, config)  # this checkpoint's default scales where config has None
+        episodes, labels = demo_episodes(world, used, size=pipe.image_size)
+        outputs = generate_settings(pipe, episodes, used.settings[world], used)
+        fig = sample_figure(world, episodes, labels, outputs, used)
         written.append(out_dir / f"{world}_samples.png")
         fig.savefig(written[-1], bbox_inches="tight")
         plt.close(fig)

@@ -49,19 +49,28 @@ class SamplingSettings:
     """How the pipeline is called, shared by ``eval`` (``EvalConfig``) and ``make demo`` (``demo.DemoConfig``).
 
     k: context images per episode (>= 1); seed: batch i starts from noise seeded with seed + i
-    steps, guidance_scale_context, guidance_scale_prompt, sampler: passed to the pipeline
+    steps, guidance_scale_context, guidance_scale_prompt, sampler: passed to the pipeline; a guidance scale left as
+        None is the checkpoint's default (its sampling.json, else 3): see :func:`with_checkpoint_guidance`
     """
 
     k: int = 3
     steps: int = 25
-    guidance_scale_context: float = 3.0
-    guidance_scale_prompt: float = 3.0
+    guidance_scale_context: float | None = None
+    guidance_scale_prompt: float | None = None
     sampler: str = "ddim"
     seed: int = 0
 
     def sampling_settings(self) -> dict:
         """Just these fields, as keyword arguments for another config that shares them."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingSettings)}
+
+
+def with_checkpoint_guidance(pipe, settings):
+    """A copy of ``settings`` (any SamplingSettings) whose guidance scales left as None are ``pipe``'s defaults, so
+    that what a result records is the scale that was used."""
+    scale_context, scale_prompt = pipe.resolve_guidance(settings.guidance_scale_context,
+                                                        settings.guidance_scale_prompt)
+    return dataclasses.replace(settings, guidance_scale_context=scale_context, guidance_scale_prompt=scale_prompt)
 
 
 @dataclass
@@ -182,7 +191,7 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
     and the groups forward / reverse / out_of_domain (RMSE pooled over their images); columns the settings and the
     baseline. ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks (when both were run).
     """
-    config = config or EvalConfig()
+    config = with_checkpoint_guidance(pipe, config or EvalConfig())
     world = world or ShapesWorld(split=config.split, size=pipe.image_size)
     tasks = tuple(tasks or world.tasks)
     mses: dict[str, dict[str, torch.Tensor]] = {}
@@ -217,7 +226,7 @@ def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | 
     Only the settings without a prompt are run (GlyphWorld has none). Returns {"world", "split", "config",
     "rmse": {"font2font": {column: value}}, "iou": {"font2font": {column: value}}}.
     """
-    config = config or EvalConfig()
+    config = with_checkpoint_guidance(pipe, config or EvalConfig())
     world = world or GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)
     episodes = [world.episode(seed, k=config.k) for seed in episode_seeds(config)]
     batch = collate_episodes(episodes)
@@ -235,7 +244,7 @@ def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1,
                    config: EvalConfig | None = None) -> dict[int, float]:
     """RMSE to the target for each number of context images k, on the same episodes (the query and target of an
     episode do not depend on k in either world)."""
-    config = config or EvalConfig()
+    config = with_checkpoint_guidance(pipe, config or EvalConfig())
     scores = {}
     for k in tqdm(ks, desc="k-shot", **({} if config.progress else {"disable": True})):
         episodes = [world.episode(seed, task=task, k=k) for seed in episode_seeds(config)]
@@ -270,8 +279,10 @@ def format_table(results: dict) -> str:
 def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, e.g. data/checkpoints/shapes")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default: 25)")
-    parser.add_argument("--guidance-context", type=float, default=3.0, help="context guidance s_c (default: 3)")
-    parser.add_argument("--guidance-prompt", type=float, default=3.0, help="prompt guidance s_p (default: 3)")
+    parser.add_argument("--guidance-context", type=float, default=None,
+                        help="context guidance s_c (default: the checkpoint's sampling.json, else 3)")
+    parser.add_argument("--guidance-prompt", type=float, default=None,
+                        help="prompt guidance s_p (default: the checkpoint's sampling.json, else 3)")
     parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default: ddim)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: get_device())")

@@ -5,6 +5,11 @@ Shaped like a diffusers pipeline::
     pipe = ContextDiffusionPipeline.from_pretrained("data/checkpoints/shapes")
     images = pipe(query=Q, context=C, prompt=None, num_inference_steps=25,
                   guidance_scale_context=3.0, guidance_scale_prompt=3.0, seed=0)   # (B, 3, H, W) in [0, 1]
+    images = pipe(query=Q, context=C)   # the checkpoint's own guidance scales (sampling.json), seed 0
+
+Guidance scales left as None take the checkpoint's defaults: ``sampling.json`` in its folder, written by
+``python -m ctxdiff_from_scratch tune-guidance`` (chosen on unseen *train* episodes, never the test split), else
+``DEFAULT_GUIDANCE`` (3) for both.
 
 One call: check and batch the inputs, encode the conditions once (frozen encoders), draw x_T ~ N(0, I) from a CPU
 generator seeded with ``seed``, denoise with DDIM or DDPM using dual classifier-free guidance (``guidance.py``) at every
@@ -25,6 +30,7 @@ file that is missing or unreadable -- raises an error naming the argument before
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -40,6 +46,9 @@ from .images import load_image_as_tensor
 from .samplers import DDIMSampler, DDPMSampler, Sampler
 
 SAMPLERS = ("ddim", "ddpm")
+SAMPLING_FILE = "sampling.json"  # a checkpoint's default guidance scales (tune_guidance.py writes it)
+GUIDANCE_FIELDS = ("guidance_scale_context", "guidance_scale_prompt")
+DEFAULT_GUIDANCE = 3.0  # s_c and s_p of a checkpoint without sampling.json
 RANGE_TOLERANCE = 1e-3  # values this far outside [0, 1] are float rounding and are clamped; further out is an error
 _IMAGE_FILE_TYPES = (str, Path, Image.Image)
 
@@ -197,11 +206,47 @@ def make_sampler(sampler: str | Sampler, schedule, eta: float = 0.0) -> Sampler:
     return DDIMSampler(schedule, eta=eta)
 
 
-class ContextDiffusionPipeline:
-    """Generate images from a query, visual context and an optional prompt with a trained ContextDiffusionModel."""
+def check_guidance(scale, name: str) -> float:
+    """A guidance scale must be a finite number (1 = no guidance, 0 = ignore the condition)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{name} must be a finite number (1 = no guidance), got {scale!r}.")
+    return float(scale)
 
-    def __init__(self, model, device: torch.device | str | None = None):
+
+def load_guidance_defaults(folder: str | Path) -> dict[str, float]:
+    """The default guidance scales of the checkpoint in ``folder``: its ``sampling.json``, else DEFAULT_GUIDANCE."""
+    path = Path(folder) / SAMPLING_FILE
+    defaults = dict.fromkeys(GUIDANCE_FIELDS, DEFAULT_GUIDANCE)
+    if not path.is_file():
+        return defaults
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); rewrite it with `python -m ctxdiff_from_scratch "
+                         f"tune-guidance --checkpoint {folder}` or delete it to use s_c = s_p = 3.") from error
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} must hold a JSON object with {GUIDANCE_FIELDS}, got {type(stored).__name__}.")
+    for name in GUIDANCE_FIELDS:
+        if name in stored:
+            defaults[name] = check_guidance(stored[name], f"{name} in {path}")
+    return defaults
+
+
+class ContextDiffusionPipeline:
+    """Generate images from a query, visual context and an optional prompt with a trained ContextDiffusionModel.
+
+    guidance_defaults: the s_c and s_p used when a call leaves them as None (``from_pretrained`` reads them from the
+    checkpoint's sampling.json; DEFAULT_GUIDANCE for both when there is none).
+    """
+
+    def __init__(self, model, device: torch.device | str | None = None,
+                 guidance_defaults: dict[str, float] | None = None):
         self.model = model.eval() if device is None else model.to(device).eval()
+        self.guidance_defaults = dict.fromkeys(GUIDANCE_FIELDS, DEFAULT_GUIDANCE)
+        for name, scale in (guidance_defaults or {}).items():
+            if name not in GUIDANCE_FIELDS:
+                raise ValueError(f"unknown guidance default {name!r}; choose from {GUIDANCE_FIELDS}.")
+            self.guidance_defaults[name] = check_guidance(scale, name)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: torch.device | str | None = None
@@ -213,7 +258,8 @@ class ContextDiffusionPipeline:
         if not folder.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {folder} (working directory: {Path.cwd()}); shipped "
                                     "checkpoints live in data/checkpoints/shapes and data/checkpoints/glyphs.")
-        return cls(ContextDiffusionModel.from_pretrained(folder), device=device)
+        return cls(ContextDiffusionModel.from_pretrained(folder), device=device,
+                   guidance_defaults=load_guidance_defaults(folder))
 
     @property
     def device(self) -> torch.device:
@@ -238,15 +284,24 @@ class ContextDiffusionPipeline:
             prompts = None
         return query, context, context_mask, prompts
 
+    def resolve_guidance(self, guidance_scale_context: float | None = None,
+                         guidance_scale_prompt: float | None = None) -> tuple[float, float]:
+        """(s_c, s_p) a call would use: the given scales, checked, with None replaced by the checkpoint's default."""
+        given = dict(zip(GUIDANCE_FIELDS, (guidance_scale_context, guidance_scale_prompt)))
+        scales = [self.guidance_defaults[name] if scale is None else check_guidance(scale, name)
+                  for name, scale in given.items()]
+        return scales[0], scales[1]
+
     @torch.no_grad()
     def __call__(self, query, context=None, prompt=None, num_inference_steps: int = 25,
-                 guidance_scale_context: float = 3.0, guidance_scale_prompt: float = 3.0, seed: int | None = 0,
-                 sampler: str | Sampler = "ddim", eta: float = 0.0, progress: bool = True,
+                 guidance_scale_context: float | None = None, guidance_scale_prompt: float | None = None,
+                 seed: int | None = 0, sampler: str | Sampler = "ddim", eta: float = 0.0, progress: bool = True,
                  return_trajectory: bool = False) -> torch.Tensor | PipelineOutput:
         """Generate one image per query -> (B, 3, H, W) float in [0, 1] on the CPU.
 
         num_inference_steps:    denoising steps (DDIM: 25 is plenty; DDPM needs more)
-        guidance_scale_context: s_c of dual classifier-free guidance (1 = no guidance, 0 = ignore the context)
+        guidance_scale_context: s_c of dual classifier-free guidance (1 = no guidance, 0 = ignore the context);
+                                None: the checkpoint's default (``guidance_defaults``)
         guidance_scale_prompt:  s_p, the same for the prompt
         seed:                   seeds the CPU generator of all noise, so the same seed gives the same images on any
                                 device; None draws a fresh seed
@@ -256,15 +311,12 @@ class ContextDiffusionPipeline:
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
                 or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        for name, scale in (("guidance_scale_context", guidance_scale_context),
-                            ("guidance_scale_prompt", guidance_scale_prompt)):
-            if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-                raise ValueError(f"{name} must be a finite number (1 = no guidance), got {scale!r}.")
+        scale_context, scale_prompt = self.resolve_guidance(guidance_scale_context, guidance_scale_prompt)
         model, device = self.model, self.device
         chosen = make_sampler(sampler, model.schedule, eta)
         query, context, context_mask, prompts = self.prepare_inputs(query, context, prompt)
         cond = model.encode_conditions(query.to(device), context.to(device), context_mask.to(device), prompts)
-        guided = guided_model_fn(model, cond, float(guidance_scale_context), float(guidance_scale_prompt))
+        guided = guided_model_fn(model, cond, scale_context, scale_prompt)
         predictions = []
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "time_to_quality.json").read_text())
-    assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}
+    assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "guidance", "eval"}
     assert summary["smoke"] and summary["world"] == "shapes"
     assert 0 <= summary["quality"]["rmse_forward_C"] <= 1
     assert (out / "stage2" / "denoiser.safetensors").exists()
@@ -26,6 +26,10 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     # --combine reaches stage 1, and stage 2 inherits it from stage 1's model
     assert "--combine concat" in summary["commands"]["stage 1"][0]
     assert json.loads((out / "stage2" / "denoiser.json").read_text())["config"]["context"]["combine"] == "concat"
+    # the guidance phase writes the model's default s_c, which the evaluation then uses
+    chosen = json.loads((out / "stage2" / "sampling.json").read_text())
+    assert chosen["guidance_scale_context"] in (2.0, 3.0) and chosen["chosen_by"]["split"] == "train"
+    assert summary["quality"]["guidance_scale_context"] == chosen["guidance_scale_context"]
 
 
 def test_time_to_quality_refuses_a_used_folder(tmp_path):
@@ -42,14 +46,15 @@ def test_time_to_quality_resume_keeps_recorded_phases(tmp_path):
     assert subprocess.run(script, capture_output=True, cwd=ROOT).returncode == 0
     record = json.loads((out / "phases.json").read_text())
     frozen_seconds = record["frozen parts"]["seconds"]
-    del record["stage 2"], record["eval"]  # as if the run had been killed during stage 2
+    del record["stage 2"], record["guidance"], record["eval"]  # as if the run had been killed during stage 2
     (out / "phases.json").write_text(json.dumps(record))
     result = subprocess.run([*script, "--resume"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[frozen parts] recorded" in result.stdout and "[stage 2] $" in result.stdout
     summary = json.loads((out / "time_to_quality.json").read_text())
     assert summary["phase_minutes"]["frozen parts"] == round(frozen_seconds / 60, 2)
-    assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "eval"}
+    assert set(summary["phase_minutes"]) == {"frozen parts", "stage 1", "stage 2", "guidance", "eval"}
+    assert "[guidance] $" in result.stdout  # re-run after stage 2, its old sampling.json removed first
 
 
 def test_encoder_binding_probe_runs_and_reports_accuracies(tmp_path):

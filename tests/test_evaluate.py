@@ -156,6 +156,21 @@ def test_main_eval_writes_json(checkpoint, tmp_path, capsys):
     assert "edge2img" in printed and f"wrote {out}" in printed
 
 
+def test_results_record_the_scale_used_the_checkpoints_default_unless_given(checkpoint, tmp_path):
+    (checkpoint / "sampling.json").write_text(json.dumps({"guidance_scale_context": 2.0}))
+    try:
+        common = ["--checkpoint", str(checkpoint), "--episodes", "1", "--steps", "2", "--k", "1", "--tasks",
+                  "edge2img", "--settings", "C", "--no-progress"]
+        default = main_eval(common + ["--out", str(tmp_path / "a.json")])
+        given = main_eval(common + ["--guidance-context", "3", "--out", str(tmp_path / "b.json")])
+        again = main_eval(common + ["--guidance-context", "2", "--out", str(tmp_path / "c.json")])
+    finally:
+        (checkpoint / "sampling.json").unlink()
+    assert default["config"]["guidance_scale_context"] == 2.0 and given["config"]["guidance_scale_context"] == 3.0
+    assert default["config"]["guidance_scale_prompt"] == 3.0
+    assert default["rmse"] == again["rmse"] and default["rmse"] != given["rmse"]
+
+
 def test_main_sample_writes_a_png_from_files_and_from_an_episode(checkpoint, tmp_path):
     query, context = tmp_path / "q.png", tmp_path / "c.png"
     Image.new("RGB", (40, 40), "white").save(query)

@@ -1,4 +1,5 @@
 """ContextDiffusionPipeline on a tiny untrained model: outputs, determinism, every accepted input form, bad inputs."""
+import json
 import warnings
 
 import pytest
@@ -197,6 +198,42 @@ def test_from_pretrained_round_trip(pipe, episodes, tmp_path):
     assert torch.equal(run(loaded, **kwargs), run(pipe, **kwargs))
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
         ContextDiffusionPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_guidance_defaults_come_from_the_checkpoints_sampling_json(pipe, episodes, tmp_path):
+    folder = tmp_path / "model"
+    pipe.model.save_pretrained(folder)
+    ep = episodes[0]
+    kwargs = dict(query=ep.query, context=ep.context, prompt=ep.prompt)
+    without_file = ContextDiffusionPipeline.from_pretrained(folder)
+    assert without_file.guidance_defaults == {"guidance_scale_context": 3.0, "guidance_scale_prompt": 3.0}
+    (folder / "sampling.json").write_text(json.dumps({"guidance_scale_context": 1.5, "chosen_by": {}}))
+    tuned = ContextDiffusionPipeline.from_pretrained(folder)
+    assert tuned.guidance_defaults == {"guidance_scale_context": 1.5, "guidance_scale_prompt": 3.0}
+    assert tuned.resolve_guidance() == (1.5, 3.0) and tuned.resolve_guidance(4, None) == (4.0, 3.0)
+    # None means the default; an explicit scale overrides it; the scale changes the images
+    by_default = run(tuned, **kwargs)
+    assert torch.equal(by_default, run(tuned, guidance_scale_context=1.5, **kwargs))
+    assert torch.equal(run(tuned, guidance_scale_context=3.0, **kwargs), run(without_file, **kwargs))
+    assert (by_default - run(without_file, **kwargs)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("text, match", [("{not json", "not valid JSON"), ("[2.0]", "must hold a JSON object"),
+                                         ('{"guidance_scale_context": "two"}', "must be a finite number"),
+                                         ('{"guidance_scale_prompt": NaN}', "must be a finite number")])
+def test_a_bad_sampling_json_is_a_clear_error(pipe, tmp_path, text, match):
+    pipe.model.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "sampling.json").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        ContextDiffusionPipeline.from_pretrained(tmp_path / "model")
+
+
+def test_constructor_checks_guidance_defaults():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="unknown guidance default"):
+        ContextDiffusionPipeline(model, guidance_defaults={"guidance_scale": 2.0})
+    with pytest.raises(ValueError, match="must be a finite number"):
+        ContextDiffusionPipeline(model, guidance_defaults={"guidance_scale_context": float("inf")})
 
 
 def test_top_level_import():
