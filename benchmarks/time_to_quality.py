@@ -54,7 +54,8 @@ STAGE2_RESERVE_MINUTES = 1.5
 # Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
 # reaches (~3.6 steps/s there), so a faster machine trains longer rather than stopping early.
 STAGE2_MAX_STEPS = 20000
-# tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 1.3 minutes for 4 on a 2-core CPU (measured).
+# tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 1.9 minutes on a 2-core CPU (measured; the
+# stage-2 reserve above is ample, so the whole recipe stays inside the budget).
 GUIDANCE_RESERVE_MINUTES = 1.7
 PHASES = ("frozen parts", "stage 1", "stage 2", "guidance", "eval")
 PHASE_OUTPUT = {"frozen parts": "parts", "stage 1": "stage1", "stage 2": "stage2", "guidance": "stage2/sampling.json",

@@ -89,7 +89,8 @@ def check_images(images: torch.Tensor, name: str, size: int) -> torch.Tensor:
                          f"(for 0..255 integers use {name}.float() / 255).")
     if images.shape[-3] != 3:
         raise ValueError(f"{name} has {images.shape[-3]} channels (shape {tuple(images.shape)}); images must be RGB "
-                         f"with 3 channels in front of H and W (a greyscale (1, H, W) image: {name}.expand(3, -1, -1)).")
+                         f"with 3 channels in front of H and W (a greyscale (1, H, W) image: "
+                         f"{name}.expand(3, -1, -1)).")
     if images.numel() and not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or infinite values; check how it was computed.")
     if images.numel():

@@ -4,9 +4,9 @@
 
 The best guidance scale depends on the model (the shipped ShapesWorld model scores best at s_c = 1.5-2, the
 GlyphWorld one at 3-4), so it is a property of the checkpoint, chosen like any hyperparameter: on data the model never
-trained on and that no reported number uses. Each candidate s_c generates the *same* episodes from the *same* noise in the
-C setting (context, no prompt) -- train-split episodes with seeds from ``first_seed`` = 1,000,000, far beyond the
-training pool's seeds 0 .. pool_size - 1 -- and is scored by the world's metric:
+trained on and that no reported number uses. Each candidate s_c generates the *same* episodes from the *same* noise
+in the C setting (context, no prompt) -- train-split episodes with seeds from ``first_seed`` = 1,000,000, far beyond
+the training pool's seeds 0 .. pool_size - 1 -- and is scored by the world's metric:
 
 * ShapesWorld: RMSE to the target over the forward tasks (edge2img, seg2img, depth2img), lower is better;
 * GlyphWorld: mean glyph IoU with the target, higher is better.
