@@ -288,10 +288,10 @@ class ContextDiffusionPipeline:
     def resolve_guidance(self, guidance_scale_context: float | None = None,
                          guidance_scale_prompt: float | None = None) -> tuple[float, float]:
         """(s_c, s_p) a call would use: the given scales, checked, with None replaced by the checkpoint's default."""
-        given = dict(zip(GUIDANCE_FIELDS, (guidance_scale_context, guidance_scale_prompt)))
-        scales = [self.guidance_defaults[name] if scale is None else check_guidance(scale, name)
-                  for name, scale in given.items()]
-        return scales[0], scales[1]
+        scale_context, scale_prompt = (self.guidance_defaults[name] if scale is None else check_guidance(scale, name)
+                                       for name, scale in zip(GUIDANCE_FIELDS,
+                                                              (guidance_scale_context, guidance_scale_prompt)))
+        return scale_context, scale_prompt
 
     @torch.no_grad()
     def __call__(self, query, context=None, prompt=None, num_inference_steps: int = 25,

@@ -5,6 +5,7 @@ import pytest
 
 from ctxdiff_from_scratch import tune_guidance as tg
 from ctxdiff_from_scratch.data import ShapesWorld
+from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS
 from ctxdiff_from_scratch.evaluate import EvalConfig, evaluate_shapes
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
 from tiny_model import SIZE, tiny_model
@@ -22,7 +23,7 @@ def test_validation_score_is_the_forward_rmse_of_setting_c_on_train_episodes(pip
     score = tg.validation_score(pipe, world, 2.0, tg.TuneConfig(scales=(2.0,), first_seed=1_000_000, **TINY))
     direct = evaluate_shapes(pipe, EvalConfig(episodes=2, steps=2, batch_size=2, progress=False, settings=("C",),
                                               guidance_scale_context=2.0, split="train", first_seed=1_000_000),
-                             tasks=("edge2img", "seg2img", "depth2img"), world=world)
+                             tasks=FORWARD_TASKS, world=world)
     assert score == direct["rmse"]["forward"]["C"]
 
 
