@@ -14,7 +14,8 @@ runs, its output in ``OUT/logs/``):
    not depend on each other, but side by side each would get one of the two cores, and the autoencoder's recipe
    (9000 steps) needs both to finish in ~9 minutes;
 2. ``train --stage 1`` (base UNet, no query) for ``--stage1-minutes``, merging the k context token sequences as
-   ``--combine`` says (default: the paper's sum; stage 2 keeps stage 1's choice);
+   ``--combine`` says (default: the paper's sum; stage 2 keeps stage 1's choice); ``--batch-size`` sets the batch
+   of both denoiser stages (default: ``train``'s);
 3. ``train --stage 2`` (query adapter, base encoder frozen) for the rest of the budget (``--budget-minutes`` minus
    what the phases before took, minus ``STAGE2_RESERVE_MINUTES`` for loading and saving and
    ``GUIDANCE_RESERVE_MINUTES`` for the next phase), or ``--stage2-minutes``;
@@ -52,8 +53,8 @@ BUDGET_MINUTES = 45.0
 # Stage 2's time cap covers its training loop; loading the parts and the pool and saving the model come on top.
 STAGE2_RESERVE_MINUTES = 1.5
 # Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
-# reaches (~3.6 steps/s there), so a faster machine trains longer rather than stopping early.
-STAGE2_MAX_STEPS = 20000
+# reaches (~7.4 steps/s there at batch 32: ~12000 steps), so a faster machine trains longer rather than stopping early.
+STAGE2_MAX_STEPS = 50000
 # tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 1.9 minutes on a 2-core CPU (measured; the
 # stage-2 reserve above is ample, so the whole recipe stays inside the budget).
 GUIDANCE_RESERVE_MINUTES = 1.7
@@ -74,7 +75,9 @@ def phase_commands(world: str, out: Path, args: argparse.Namespace, stage2_minut
     threads = ["--threads", str(args.threads)]
     # Stage 2 inherits the merge of the k context token sequences from stage 1's model.
     combine = ["--combine", args.combine] if args.combine else []
-    train = [*PACKAGE, "train", "--world", world, "--parts", str(parts), "--pool-cache", str(pool), *threads, *tiny]
+    batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    train = [*PACKAGE, "train", "--world", world, "--parts", str(parts), "--pool-cache", str(pool), *threads, *tiny,
+             *batch]
     guidance = [*PACKAGE, "tune-guidance", "--checkpoint", str(out / "stage2"), "--no-progress",
                 *(["--episodes", "2", "--scales", "2", "3", "--steps", "2"] if args.smoke else [])]
     evaluate = [*PACKAGE, "eval", "--checkpoint", str(out / "stage2"), "--out", str(out / "eval.json"),
@@ -145,6 +148,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=BUDGET_MINUTES, help="the whole stack's time goal")
     parser.add_argument("--combine", choices=COMBINE_MODES, default=None,
                         help="merge of the k context token sequences (default: train's, the paper's sum)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="denoiser batch per optimiser step, both stages (default: train's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of every training command")
     parser.add_argument("--episodes", type=int, default=64, help="test episodes per task for the evaluation")
     parser.add_argument("--smoke", action="store_true", help="tiny profiles, seconds per phase: checks the wiring")

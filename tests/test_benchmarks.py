@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     out = tmp_path / "ttq"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--smoke",
-                             "--threads", "1", "--combine", "concat", "--out", str(out)],
+                             "--threads", "1", "--combine", "concat", "--batch-size", "4", "--out", str(out)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "time_to_quality.json").read_text())
@@ -26,6 +26,8 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     # --combine reaches stage 1, and stage 2 inherits it from stage 1's model
     assert "--combine concat" in summary["commands"]["stage 1"][0]
     assert json.loads((out / "stage2" / "denoiser.json").read_text())["config"]["context"]["combine"] == "concat"
+    # --batch-size reaches both denoiser stages
+    assert all("--batch-size 4" in summary["commands"][stage][0] for stage in ("stage 1", "stage 2"))
     # the guidance phase writes the model's default s_c, which the evaluation then uses
     chosen = json.loads((out / "stage2" / "sampling.json").read_text())
     assert chosen["guidance_scale_context"] in (2.0, 3.0) and chosen["chosen_by"]["split"] == "train"
