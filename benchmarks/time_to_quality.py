@@ -52,7 +52,7 @@ from ctxdiff_from_scratch.config import COMBINE_MODES
 PACKAGE = [sys.executable, "-m", "ctxdiff_from_scratch"]
 BUDGET_MINUTES = 45.0
 # Stage 2's time cap covers its training loop; loading the parts and the pool and saving the model come on top:
-# ~4 s measured at batch 32 (the pool comes from stage 1's cache). 1.5 minutes left ~1 of them unused.
+# ~4 s measured at batch 32 (the pool comes from stage 1's cache): a reserve of 1.5 minutes left ~1.4 unused.
 STAGE2_RESERVE_MINUTES = 0.5
 # Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
 # reaches (~7.4 steps/s there at batch 32: ~12000 steps), so a faster machine trains longer rather than stopping early.
