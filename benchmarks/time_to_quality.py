@@ -55,7 +55,7 @@ BUDGET_MINUTES = 45.0
 # ~4 s measured at batch 32 (the pool comes from stage 1's cache): a reserve of 1.5 minutes left ~1.4 unused.
 STAGE2_RESERVE_MINUTES = 0.5
 # Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
-# reaches (~7.4 steps/s there at batch 32: ~12000 steps), so a faster machine trains longer rather than stopping early.
+# reaches (~7.5 steps/s there at batch 32: 12600 steps), so a faster machine trains longer rather than stopping early.
 STAGE2_MAX_STEPS = 50000
 # tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 0.4-1.0 minutes on the 2-core AMD EPYC, 1.9 on
 # the Intel Xeon before it (measured); with the stage-2 reserve's spare, the recipe stays inside the budget on both.
