@@ -17,7 +17,7 @@ a prompt that names every class's colour, against 35% by chance: the model learn
 mean-colour distance falls from 0.51 to 0.41) but not which shape wears which colour.
 
 Run: ``.venv/bin/python benchmarks/colour_binding.py --checkpoint data/checkpoints/shapes [--settings C none]``
-(about one minute per setting on 2 threads).
+(5-10 s per setting on 2 threads, plus loading the pipeline).
 """
 from __future__ import annotations
 
