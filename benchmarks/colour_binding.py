@@ -30,14 +30,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxdiff_from_scratch import ContextDiffusionPipeline
-from ctxdiff_from_scratch.data.episode import collate_episodes
 from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, ShapesWorld
 from ctxdiff_from_scratch.data.shapes_layout import rasterize
-from ctxdiff_from_scratch.evaluate import SETTINGS
+from ctxdiff_from_scratch.evaluate import SETTINGS, EvalConfig, episode_seeds, generate_episodes
 
 MIN_PIXELS = 20  # smaller visible parts of a shape give a noisy mean colour
 MIN_COLOUR_GAP = 0.15  # RGB distance below which two shapes' colours count as the same
-BATCH = 16
+
+
+def empty_scores() -> dict:
+    """What ``shape_colour_scores`` returns for an image without shapes; totals over many images start here."""
+    return {"bound": 0, "swapped": 0, "chance": 0.0, "distances": [], "background": 0.0, "shape_colour": 0.0,
+            "within_shape": 0.0}
 
 
 def shape_colour_scores(pred: torch.Tensor, target: torch.Tensor, ids: np.ndarray, classes: np.ndarray) -> dict:
@@ -48,21 +52,19 @@ def shape_colour_scores(pred: torch.Tensor, target: torch.Tensor, ids: np.ndarra
     distances of every shape, and the squared error summed over background, shape mean colour and within-shape pixels.
     """
     error = ((pred - target) ** 2).mean(dim=0).numpy()  # (3, H, W) -> (H, W)
-    shapes = [j for j in np.unique(ids[ids >= 0]) if (ids == j).sum() >= MIN_PIXELS]
-    masks = {j: torch.from_numpy(ids == j) for j in shapes}
-    truth = {j: target[:, masks[j]].mean(dim=1) for j in shapes}  # (3, H, W)[:, mask] -> (3, n) -> (3,)
-    scores = {"bound": 0, "swapped": 0, "chance": 0.0, "distances": [], "background": float(error[ids < 0].sum()),
-              "shape_colour": 0.0, "within_shape": 0.0}
-    for j in shapes:
-        made = pred[:, masks[j]].mean(dim=1)
+    masks = {j: ids == j for j in np.unique(ids[ids >= 0]) if (ids == j).sum() >= MIN_PIXELS}
+    truth = {j: target[:, torch.from_numpy(m)].mean(dim=1) for j, m in masks.items()}  # (3, H, W) -> (3, n) -> (3,)
+    cls = {j: classes[m][0] for j, m in masks.items()}
+    scores = empty_scores()
+    scores["background"] = float(error[ids < 0].sum())
+    for j, mask in masks.items():
+        made = pred[:, torch.from_numpy(mask)].mean(dim=1)
         own = float((made - truth[j]).norm())
         scores["distances"].append(own)
-        colour_error = float(((made - truth[j]) ** 2).mean()) * int(masks[j].sum())
+        colour_error = float(((made - truth[j]) ** 2).mean()) * int(mask.sum())
         scores["shape_colour"] += colour_error
-        scores["within_shape"] += float(error[ids == j].sum()) - colour_error
-        cls = classes[ids == j][0]
-        rivals = [o for o in shapes
-                  if classes[ids == o][0] != cls and float((truth[o] - truth[j]).norm()) > MIN_COLOUR_GAP]
+        scores["within_shape"] += float(error[mask].sum()) - colour_error
+        rivals = [o for o in masks if cls[o] != cls[j] and float((truth[o] - truth[j]).norm()) > MIN_COLOUR_GAP]
         if rivals:
             nearest_rival = min(float((made - truth[o]).norm()) for o in rivals)
             scores["bound" if own < nearest_rival else "swapped"] += 1
@@ -72,23 +74,18 @@ def shape_colour_scores(pred: torch.Tensor, target: torch.Tensor, ids: np.ndarra
 
 def measure(pipe, world: ShapesWorld, setting: str, episodes: int, progress: bool = True) -> dict:
     """Binding rates and the error split of ``setting`` over ``episodes`` test episodes per forward task."""
-    use_context, use_prompt = SETTINGS[setting]
-    totals = {"bound": 0, "swapped": 0, "chance": 0.0, "distances": [], "background": 0.0, "shape_colour": 0.0,
-              "within_shape": 0.0}
-    pixels = 0
+    config = EvalConfig(episodes=episodes, settings=(setting,), progress=False)  # DDIM 25, the checkpoint's guidance
+    totals, pixels = empty_scores(), 0
     for task in tqdm(FORWARD_TASKS, desc=setting, disable=not progress):
-        batch = collate_episodes([world.episode(seed, task=task) for seed in range(episodes)])
-        rasters = [rasterize(world.episode_spec(seed, task=task).target_layout, world.size) for seed in range(episodes)]
-        for start in range(0, episodes, BATCH):
-            part = slice(start, start + BATCH)
-            made = pipe(query=batch.query[part], context=batch.context[part] if use_context else None,
-                        prompt=batch.prompts[part] if use_prompt else None, num_inference_steps=25,
-                        seed=start // BATCH, progress=False)
-            for pred, target, raster in zip(made, batch.target[part], rasters[part]):
-                scores = shape_colour_scores(pred, target, raster.ids, raster.classes)
-                for key, value in scores.items():
-                    totals[key] = totals[key] + value
-                pixels += raster.ids.size
+        seeds = episode_seeds(config)
+        batch = [world.episode(seed, task=task) for seed in seeds]
+        made = generate_episodes(pipe, batch, setting, config)  # (N, 3, H, W)
+        # the episodes carry no raster: draw each target layout again (cheap) and rasterise it for its shape ids
+        rasters = [rasterize(world.episode_spec(seed, task=task).target_layout, world.size) for seed in seeds]
+        for pred, episode, raster in zip(made, batch, rasters):
+            for key, value in shape_colour_scores(pred, episode.target, raster.ids, raster.classes).items():
+                totals[key] = totals[key] + value
+            pixels += raster.ids.size
     counted = totals["bound"] + totals["swapped"]
     return {"shapes_counted": counted, "bound": totals["bound"] / max(counted, 1),
             "chance": totals["chance"] / max(counted, 1),
