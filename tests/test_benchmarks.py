@@ -32,6 +32,9 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     # --combine reaches stage 1, and stage 2 inherits it from stage 1's model
     assert "--combine concat" in summary["commands"]["stage 1"][0]
     assert json.loads((out / "stage2" / "denoiser.json").read_text())["config"]["context"]["combine"] == "concat"
+    # ShapesWorld's stage 2 anneals its learning rate (STAGE2_LR_DECAY); stage 1 keeps the constant rate
+    assert "--lr-decay wsd" in summary["commands"]["stage 2"][0] and "--lr-decay" not in summary["commands"]["stage 1"][0]
+    assert json.loads((out / "stage2" / "train_summary.json").read_text())["config"]["lr_decay"] == "wsd"
     # --batch-size reaches both denoiser stages
     assert all("--batch-size 4" in summary["commands"][stage][0] for stage in ("stage 1", "stage 2"))
     # the guidance phase writes the model's default s_c, which the evaluation then uses

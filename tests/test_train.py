@@ -22,8 +22,8 @@ from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, save_
 from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.schedule import NoiseSchedule, ScheduleConfig
 from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, diffusion_loss, draw_batch,
-                                        drop_case_probabilities, flatten_optimizer_state, main, min_snr_weight,
-                                        rng_state, set_rng_state, shifted_timesteps, train,
+                                        drop_case_probabilities, flatten_optimizer_state, lr_factor, main,
+                                        min_snr_weight, rng_state, set_rng_state, shifted_timesteps, train,
                                         unflatten_optimizer_state)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,6 +225,25 @@ def test_timestep_shift_leans_towards_noise_and_one_is_the_uniform_draw():
         TrainConfig.from_profile("tiny", timestep_shift=0.0)
 
 
+def test_wsd_learning_rate_holds_then_anneals_to_zero_by_steps_or_by_the_clock():
+    config = TrainConfig.from_profile("tiny", steps=100, warmup_steps=10, lr_decay="wsd", decay_fraction=0.2)
+    assert lr_factor(4, config) == pytest.approx(0.5)  # warm-up: (4 + 1) / 10
+    assert lr_factor(50, config) == 1.0 and lr_factor(80, config) == pytest.approx(1.0) and lr_factor(81, config) < 1
+    assert lr_factor(90, config) == pytest.approx(0.5) and lr_factor(100, config) == 0.0
+    # with a one-minute cap, the clock anneals the rate long before the step count would
+    timed = TrainConfig.from_profile("tiny", steps=10_000, warmup_steps=10, lr_decay="wsd", decay_fraction=0.2,
+                                     minutes=1.0)
+    assert lr_factor(50, timed, elapsed_seconds=30.0) == 1.0
+    assert lr_factor(50, timed, elapsed_seconds=54.0) == pytest.approx(0.5)
+    assert lr_factor(50, timed, elapsed_seconds=75.0) == 0.0
+    constant = TrainConfig.from_profile("tiny", steps=100, warmup_steps=10, minutes=1.0)
+    assert lr_factor(99, constant, elapsed_seconds=59.0) == 1.0  # the default ignores the clock
+    with pytest.raises(ValueError, match="'wsd'"):
+        TrainConfig.from_profile("tiny", lr_decay="linear")
+    with pytest.raises(ValueError, match="decay_fraction"):
+        TrainConfig.from_profile("tiny", lr_decay="wsd", decay_fraction=0.0)
+
+
 def test_timestep_shift_flag_reaches_the_run(parts_dir, tmp_path):
     summary = main(["--profile", "tiny", "--parts", str(parts_dir), "--out", str(tmp_path / "shift"), "--steps", "2",
                     "--timestep-shift", "3"])
@@ -340,3 +359,20 @@ def test_two_accelerate_processes_stay_in_sync_and_match_one_process(parts_dir, 
     assert summary["processes"] == 2 and len(hashes) == 2 and hashes[0] == hashes[1]
     one, two = read_log(tmp_path / "one/train_log.csv"), read_log(tmp_path / "two/train_log.csv")
     assert np.allclose(one["loss"], two["loss"], rtol=1e-4)
+
+
+def test_two_processes_anneal_by_one_clock(parts_dir, tmp_path):
+    """A "wsd" run on a time cap anneals by its clock; the processes agree on it, so their weights stay identical."""
+    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdiff_from_scratch.train",
+              "--profile", "tiny", "--parts", str(parts_dir), "--steps", "100000", "--minutes", "0.03",
+              "--lr-decay", "wsd", "--decay-fraction", "1", "--batch-size", "8", "--checkpoint-every", "100000",
+              "--out", str(tmp_path / "two")]
+    result = subprocess.run(launch, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two/train_summary.json").read_text())
+    assert summary["stopped_for_time"] and summary["steps"] >= 5
+    hashes = summary["rank_weight_sha1"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    lr = read_log(tmp_path / "two/train_log.csv")["lr"][2:]  # after the tiny profile's 2 warm-up steps
+    assert all(later <= earlier for earlier, later in zip(lr, lr[1:])) and lr[-1] < 0.5 * lr[0], lr
