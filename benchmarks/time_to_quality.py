@@ -60,8 +60,8 @@ STAGE2_RESERVE_MINUTES = 0.5
 # reaches (~7.5 steps/s there at batch 32: 12600 steps), so a faster machine trains longer rather than stopping early.
 STAGE2_MAX_STEPS = 50000
 # Stage 2's learning rate: ShapesWorld's anneals to zero over the last 20% of its minutes ("wsd"), which lowered the
-# forward C RMSE on the test split on three sampling seeds (0.1427 against 0.1441; shapes model card). GlyphWorld's
-# recipe was measured, and met its target, with a constant rate; "wsd" is not measured there yet.
+# forward C RMSE on the test split on three evaluation seeds (mean 0.1423 against 0.1441; shapes model card).
+# GlyphWorld's recipe was measured, and met its target, with a constant rate; "wsd" is not measured there yet.
 STAGE2_LR_DECAY = {"shapes": "wsd", "glyphs": "constant"}
 # tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 0.4-1.0 minutes on the 2-core AMD EPYC, 1.9 on
 # the Intel Xeon before it (measured); with the stage-2 reserve's spare, the recipe stays inside the budget on both.

@@ -17,7 +17,7 @@ by default: on the ShapesWorld recipe it did not raise the context gain (shapes 
 draws the training timesteps shifted towards pure noise (``shifted_timesteps``); also off by default: on the same
 recipe it lowered the context gain (28.8% against 31.0%). ``--lr-decay wsd`` holds the learning rate, then anneals it
 linearly to zero over the last ``--decay-fraction`` of the run's budget, steps or minutes (``lr_factor``); the
-45-minute ShapesWorld recipe does that in stage 2 (its error with context fell from 0.144 to 0.143; shapes model card).
+45-minute ShapesWorld recipe does that in stage 2 (its error with context fell from 0.144 to 0.142; shapes model card).
 
 Stages, as the paper does with a pre-trained base model:
 

@@ -33,7 +33,8 @@ def test_time_to_quality_smoke_runs_every_phase(tmp_path):
     assert "--combine concat" in summary["commands"]["stage 1"][0]
     assert json.loads((out / "stage2" / "denoiser.json").read_text())["config"]["context"]["combine"] == "concat"
     # ShapesWorld's stage 2 anneals its learning rate (STAGE2_LR_DECAY); stage 1 keeps the constant rate
-    assert "--lr-decay wsd" in summary["commands"]["stage 2"][0] and "--lr-decay" not in summary["commands"]["stage 1"][0]
+    stage1_command, stage2_command = summary["commands"]["stage 1"][0], summary["commands"]["stage 2"][0]
+    assert "--lr-decay wsd" in stage2_command and "--lr-decay" not in stage1_command
     assert json.loads((out / "stage2" / "train_summary.json").read_text())["config"]["lr_decay"] == "wsd"
     # --batch-size reaches both denoiser stages
     assert all("--batch-size 4" in summary["commands"][stage][0] for stage in ("stage 1", "stage 2"))
