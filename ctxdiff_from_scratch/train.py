@@ -556,10 +556,10 @@ class Trainer:
                 self.accelerator.backward(loss / self.config.grad_accum)
             loss_sum += loss.detach()
         grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.grad_clip)
-        over_time = float(self.config.minutes is not None and self.elapsed_now() >= 60 * self.config.minutes)
+        elapsed = self.elapsed_now()
+        over_time = float(self.config.minutes is not None and elapsed >= 60 * self.config.minutes)
         stats = torch.stack([loss_sum / self.config.grad_accum, grad_norm.float().to(self.device),
-                             torch.tensor(over_time, device=self.device),
-                             torch.tensor(self.elapsed_now(), device=self.device)])
+                             torch.tensor(over_time, device=self.device), torch.tensor(elapsed, device=self.device)])
         loss_value, norm_value, self.stop_for_time, self.clock = self.accelerator.reduce(stats, "mean").tolist()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             raise FloatingPointError(

@@ -345,14 +345,18 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_losses(parts_dir, tmp_p
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def _launch_two_processes(*train_args: str) -> subprocess.CompletedProcess:
+    """``train`` under ``accelerate launch`` with 2 CPU processes (gloo)."""
+    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdiff_from_scratch.train", *train_args]
+    return subprocess.run(launch, env=_env(), cwd=ROOT, capture_output=True, text=True)
+
+
 def test_two_accelerate_processes_stay_in_sync_and_match_one_process(parts_dir, tmp_path):
     common = ["--parts", str(parts_dir), "--steps", "4", "--batch-size", "8", "--checkpoint-every", "100"]
     subprocess.run(_cli(*common, "--out", str(tmp_path / "one")), check=True, env=_env(), cwd=ROOT,
                    capture_output=True)
-    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdiff_from_scratch.train",
-              "--profile", "tiny", *common, "--out", str(tmp_path / "two")]
-    result = subprocess.run(launch, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    result = _launch_two_processes("--profile", "tiny", *common, "--out", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two/train_summary.json").read_text())
     hashes = summary["rank_weight_sha1"]
@@ -363,12 +367,9 @@ def test_two_accelerate_processes_stay_in_sync_and_match_one_process(parts_dir, 
 
 def test_two_processes_anneal_by_one_clock(parts_dir, tmp_path):
     """A "wsd" run on a time cap anneals by its clock; the processes agree on it, so their weights stay identical."""
-    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-              "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdiff_from_scratch.train",
-              "--profile", "tiny", "--parts", str(parts_dir), "--steps", "100000", "--minutes", "0.03",
-              "--lr-decay", "wsd", "--decay-fraction", "1", "--batch-size", "8", "--checkpoint-every", "100000",
-              "--out", str(tmp_path / "two")]
-    result = subprocess.run(launch, env=_env(), cwd=ROOT, capture_output=True, text=True)
+    result = _launch_two_processes("--profile", "tiny", "--parts", str(parts_dir), "--steps", "100000", "--minutes",
+                                   "0.03", "--lr-decay", "wsd", "--decay-fraction", "1", "--batch-size", "8",
+                                   "--checkpoint-every", "100000", "--out", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "two/train_summary.json").read_text())
     assert summary["stopped_for_time"] and summary["steps"] >= 5
