@@ -27,6 +27,7 @@ def one_thread():
 
 @pytest.mark.parametrize("config, latent", [
     (AutoencoderConfig.profile("tiny"), (4, 8, 8)),
+    (AutoencoderConfig.profile("cpu-c48"), (48, 8, 8)),
     (AutoencoderConfig(image_size=32, channels=(12, 24, 24), unshuffle=1, norm_groups=4), (4, 8, 8)),
     (AutoencoderConfig(image_size=32, channels=(12, 24, 24), unshuffle=2, latent_channels=3, norm_groups=4),
      (3, 4, 4)),
@@ -98,9 +99,10 @@ def test_channel_shortcut_repeats_and_averages():
     assert torch.allclose(channel_shortcut(x, 3)[:, 0], x[:, :2].mean(1))
 
 
-def test_untrained_autoencoder_is_its_shortcuts():
+@pytest.mark.parametrize("profile", ["cpu", "cpu-c48"])
+def test_untrained_autoencoder_is_its_shortcuts(profile):
     """Every learned branch starts at zero (DC-AE + zero init): a flat grey image passes through unchanged."""
-    model = Autoencoder(AutoencoderConfig.profile("cpu")).eval()
+    model = Autoencoder(AutoencoderConfig.profile(profile)).eval()
     grey = torch.full((2, 3, 64, 64), 0.3)
     grey[1] = 0.8
     with torch.no_grad():
