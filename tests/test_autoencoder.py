@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -129,8 +130,8 @@ def test_scale_factor_gives_unit_variance():
 
 # --- training, metrics, CLI ------------------------------------------------------------------------------------------
 from ctxdiff_from_scratch.train_autoencoder import (TrainConfig, autoencoder_loss, edge_f1, edge_strength,  # noqa: E402
-                                                    evaluate_autoencoder, glyph_iou, learning_rate, psnr,
-                                                    train_autoencoder)
+                                                    evaluate_autoencoder, glyph_iou, learning_rate, noisy_latents,
+                                                    psnr, reconstruction_error, train_autoencoder)
 
 
 def _blobs(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -198,6 +199,49 @@ def test_training_is_reproducible_and_writes_logs(tmp_path):
     assert (tmp_path / "autoencoder_loss.png").stat().st_size > 1000
 
 
+def test_noisy_latents_keep_half_clean_and_bound_the_noise():
+    """About half the images keep their latent exactly; the others get sigma * eps with sigma <= max_std."""
+    z = torch.randn(400, 4, 8, 8)
+    out = noisy_latents(z, 0.5, torch.Generator().manual_seed(0))
+    clean = (out == z).flatten(1).all(dim=1)  # (400,) per image
+    assert 0.4 < clean.float().mean().item() < 0.6
+    noise_std = (out - z)[~clean].flatten(1).std(dim=1)  # (n_noisy,) one sigma per image
+    assert noise_std.max().item() < 0.5 * 1.2 and noise_std.min().item() >= 0.0
+    assert 0.15 < noise_std.mean().item() < 0.35  # sigma ~ U(0, 0.5): mean 0.25
+    assert torch.equal(noisy_latents(z, 0.0), z)
+    assert torch.equal(out, noisy_latents(z, 0.5, torch.Generator().manual_seed(0)))  # seeded: reproducible
+
+
+def test_decoder_phase_keeps_the_latent_space_and_learns_noisy_latents(tmp_path):
+    """The second phase changes only the decoder, so a denoiser trained on the first phase's latents still fits;
+    and the new decoder decodes noisy latents better than the old one."""
+    images = _blobs(64)
+    base = TrainConfig(profile="tiny", steps=80, batch_size=16, lr=5e-3, warmup_steps=5, seed=0)
+    tuned = TrainConfig(**{**asdict(base), "decoder_steps": 80, "decoder_noise": 0.5, "decoder_lr": 2e-3})
+    before, _ = train_autoencoder(base, images=images, device="cpu")
+    after, summary = train_autoencoder(tuned, out=tmp_path, images=images, device="cpu")
+    for name, tensor in before.encoder.state_dict().items():
+        assert torch.equal(tensor, after.encoder.state_dict()[name]), name
+    assert after.config.scale_factor == before.config.scale_factor
+    assert not torch.equal(before.decoder.conv_out.weight, after.decoder.conv_out.weight)
+    assert all(p.requires_grad for p in after.parameters()) and not after.training
+    assert summary["decoder_steps_done"] == 80
+
+    def noisy_error(model):
+        with torch.no_grad():
+            z = noisy_latents(model.encode(images), 0.5, torch.Generator().manual_seed(9))
+            return reconstruction_error(model.decoder(z / model.config.scale_factor), images, 0.0).item()
+    assert noisy_error(after) < 0.9 * noisy_error(before)
+    assert (tmp_path / "autoencoder_decoder_log.csv").read_text().startswith("step,loss,lr")
+    assert (tmp_path / "autoencoder_decoder_loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("field, value", [("decoder_steps", -1), ("decoder_noise", -0.1), ("decoder_lr", 0.0)])
+def test_bad_decoder_phase_is_explained(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value}"):
+        TrainConfig(**{field: value})
+
+
 def test_learning_rate_schedule():
     config = TrainConfig(steps=100, warmup_steps=10, lr=1e-3)
     assert learning_rate(0, config) == pytest.approx(1e-4)
@@ -252,6 +296,13 @@ def test_cli_trains_and_records_its_recipe(tmp_path, capsys):
     assert (train_config["loss"], train_config["edge_weight"], train_config["steps"]) == ("l1", 6.0, 3)
     card = (tmp_path / "autoencoder_card.md").read_text()
     assert "L1 reconstruction loss" in card and "edge weight 6.0" in card
+    assert "decoder alone" not in card  # no second phase asked for
+    main(["--world", "shapes", "--out", str(tmp_path), "--profile", "tiny", "--steps", "3", "--pool-size", "16",
+          "--eval-images", "2", "--decoder-steps", "2", "--decoder-noise", "0.3", "--threads", "1"])
+    train_config = load_part(tmp_path, "autoencoder")[2]["train_config"]
+    assert (train_config["decoder_steps"], train_config["decoder_noise"]) == (2, 0.3)
+    assert "decoder alone on noisy latents (`finetune_decoder`): 2 steps, noise std up to 0.3" in \
+        (tmp_path / "autoencoder_card.md").read_text()
     assert "test metrics" in capsys.readouterr().out
 
 
@@ -273,8 +324,8 @@ def _shipped(world: str) -> tuple[dict, dict]:
     from ctxdiff_from_scratch.data import make_world
 
     model = Autoencoder.from_pretrained(CHECKPOINTS / world)
-    assert model.config.latent_shape == AutoencoderConfig.profile("cpu").latent_shape
     metadata = load_part(CHECKPOINTS / world, "autoencoder")[2]
+    assert model.config.latent_shape == AutoencoderConfig.profile(metadata["train_config"]["profile"]).latent_shape
     n = metadata["train_config"]["eval_images"]
     return evaluate_autoencoder(model, make_world(world, "test"), n=n, seed=0), metadata["test_metrics"]
 
