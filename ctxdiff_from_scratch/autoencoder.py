@@ -3,8 +3,9 @@
 Diffusion is expensive per pixel, so LDM first learns an encoder ``E`` that maps an image ``x`` (3, H, W) to a small
 latent ``z = E(x)`` (c, H/f, W/f) and a decoder ``D`` with ``D(z) ~= x``. The diffusion model then works on ``z``.
 With 64x64 images and f = 8, LDM's 4 channels give 4x8x8 = 256 numbers instead of 3x64x64 = 12288 (48x fewer); the
-shipped ``cpu`` profile keeps f = 8 but uses 16 channels (16x8x8, 12x fewer); ``cpu-c48`` (48x8x8, 4x fewer)
-reconstructs ShapesWorld far better but is harder for the denoiser to learn, see ``AUTOENCODER_PROFILES``.
+``cpu`` profile (the 45-minute recipe's, and GlyphWorld's shipped model) keeps f = 8 but uses 16 channels (16x8x8, 12x
+fewer); ``cpu-c48`` (48x8x8, 4x fewer; the shipped ShapesWorld model) reconstructs ShapesWorld far better but is
+harder for the denoiser to learn, see ``AUTOENCODER_PROFILES``.
 
 LDM's "KL-reg" variant makes the encoder output a diagonal Gaussian posterior ``q(z|x) = N(mu(x), diag sigma^2(x))``
 and adds a *small* KL penalty towards ``N(0, I)`` (LDM Sec. 3 / App. G, weight ~1e-6). The penalty is too weak to
@@ -119,7 +120,7 @@ class AutoencoderConfig:
 
     @classmethod
     def profile(cls, name: str, **overrides) -> "AutoencoderConfig":
-        """A named size: ``tiny`` (tests), ``cpu`` (shipped: 64x64 -> 16x8x8), ``cpu-c48`` (48x8x8), ``cpu-c4``
+        """A named size: ``tiny`` (tests), ``cpu`` (64x64 -> 16x8x8), ``cpu-c48`` (48x8x8), ``cpu-c4``
         (LDM's 4x8x8), ``cpu-f4`` (f=4 -> 4x16x16). ``overrides`` replace single fields, e.g. ``image_size=32``."""
         if name not in AUTOENCODER_PROFILES:
             raise ValueError(f"unknown autoencoder profile {name!r}; choose one of {sorted(AUTOENCODER_PROFILES)}.")
@@ -130,8 +131,8 @@ class AutoencoderConfig:
 # this CPU, a UNet step costs 1.06x as much on 16x8x8 as on 4x8x8 (2.7x on 4x16x16), while the autoencoder
 # reconstructs far better (thin edges survive at all). "cpu-c48" triples the channels again: ShapesWorld's styled
 # images reach 28.3 dB PSNR after 16000 steps (the 16-channel model: 24.3 after 9000), but the 45-minute recipe's
-# denoiser, which has to model 3x as many numbers, lowers the forward RMSE with context by 36% instead of 41%.
-# See the shapes autoencoder card for the numbers.
+# denoiser, which has to model 3x as many numbers, lowers the forward RMSE with context by 36% instead of 41%; the
+# shipped ShapesWorld model uses it with a longer-trained denoiser. See the shapes autoencoder card for the numbers.
 AUTOENCODER_PROFILES: dict[str, dict] = {
     "tiny": dict(image_size=32, channels=(12, 24), unshuffle=2, latent_channels=4, norm_groups=4),
     "cpu": dict(image_size=64, channels=(24, 48, 96), unshuffle=2, latent_channels=16),
