@@ -206,7 +206,7 @@ def test_noisy_latents_keep_half_clean_and_bound_the_noise():
     clean = (out == z).flatten(1).all(dim=1)  # (400,) per image
     assert 0.4 < clean.float().mean().item() < 0.6
     noise_std = (out - z)[~clean].flatten(1).std(dim=1)  # (n_noisy,) one sigma per image
-    assert noise_std.max().item() < 0.5 * 1.2 and noise_std.min().item() >= 0.0
+    assert noise_std.max().item() < 0.5 * 1.2
     assert 0.15 < noise_std.mean().item() < 0.35  # sigma ~ U(0, 0.5): mean 0.25
     assert torch.equal(noisy_latents(z, 0.0), z)
     assert torch.equal(out, noisy_latents(z, 0.5, torch.Generator().manual_seed(0)))  # seeded: reproducible
