@@ -14,6 +14,9 @@ DELEGATED = {
     "autoencoder": ("ctxdiff_from_scratch.train_autoencoder", "main", "train the tiny autoencoder of a world"),
     "encoders": ("ctxdiff_from_scratch.train_encoders", "main",
                  "train the CLIP-style text and image encoders of a world"),
+    "fonts": ("ctxdiff_from_scratch.data.font_bundle", "main",
+              "check GlyphWorld's bundled training fonts (or rebuild them from Debian's)"),
+    "colab": ("ctxdiff_from_scratch.colab", "main", "write the Colab badge and install cell into every notebook"),
 }
 
 

@@ -1,7 +1,7 @@
 """GlyphWorld: font filtering, rendering conventions, episodes, and the Debian train/test font split.
 
-Most tests use the fonts that ship with matplotlib (no apt needed). The Debian tests run where fonts-aenigma and
-fonts-adf-* are installed (CI installs them) and are skipped elsewhere.
+Most tests use the fonts that ship with matplotlib; the split test uses the Debian training fonts bundled in
+data/fonts/ (no apt needed; tests/test_font_bundle.py checks the bundle against an apt install).
 """
 import shutil
 import time
@@ -11,22 +11,11 @@ import matplotlib
 import pytest
 import torch
 
-from ctxdiff_from_scratch.data import GlyphWorld, fonts
-from ctxdiff_from_scratch.data.fonts import (DEFAULT_CHARSET, debian_training_fonts, font_family, held_out_families,
-                                             split_families)
+from ctxdiff_from_scratch.data import GlyphWorld, font_bundle, fonts
+from ctxdiff_from_scratch.data.fonts import (DEFAULT_CHARSET, font_family, held_out_families, split_families,
+                                             training_fonts)
 
 MPL_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-
-
-def debian_fonts_installed():
-    try:
-        return bool(debian_training_fonts())
-    except FileNotFoundError:
-        return False
-
-
-needs_debian = pytest.mark.skipif(not debian_fonts_installed(),
-                                  reason="Debian training fonts absent (apt-get install fonts-aenigma 'fonts-adf-*')")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +109,8 @@ def test_bad_arguments_are_explained(world, tmp_path, monkeypatch):
         GlyphWorld(split="valid", fonts=MPL_FONTS)
     with pytest.raises(FileNotFoundError, match="no font files"):
         GlyphWorld(fonts=tmp_path)
-    monkeypatch.setattr(fonts, "DPKG_INFO", tmp_path)  # a machine without the Debian packages
+    monkeypatch.setattr(fonts, "DPKG_INFO", tmp_path)  # a machine without the Debian packages ...
+    monkeypatch.setattr(font_bundle, "BUNDLED_FONTS", tmp_path)  # ... and a wheel install without data/fonts
     with pytest.raises(FileNotFoundError, match="apt-get install fonts-aenigma"):
         GlyphWorld(split="train")
 
@@ -143,12 +133,12 @@ def test_episodes_are_fast(world):
     assert rate > 300, f"only {rate:.0f} episodes/s at k=3: episodes must not bottleneck training"
 
 
-@needs_debian
 def test_debian_split_uses_only_debian_fonts_and_disjoint_families():
-    debian = set(debian_training_fonts())
-    listed = {Path(line.strip()) for listing in fonts.DPKG_INFO.glob("fonts-*.list")
-              if listing.name.startswith(("fonts-aenigma", "fonts-adf-")) for line in listing.read_text().splitlines()}
-    assert debian <= listed, "training fonts come from the Debian package file lists only"
+    debian = set(training_fonts())
+    listed = {font_bundle.BUNDLED_FONTS / font.path for font in font_bundle.read_manifest()}
+    packages = {font.package for font in font_bundle.read_manifest()}
+    assert debian == listed, "training fonts are the bundle's files, all of them"
+    assert "fonts-aenigma" in packages and all(p.startswith(("fonts-aenigma", "fonts-adf-")) for p in packages)
     families = {p: font_family(p) for p in debian}
     held_out = held_out_families(list(families), list(families.values()))
     assert abs(len(held_out) - 0.1 * len(set(families.values()))) <= 2

@@ -2,9 +2,11 @@
 
 Which fonts may be used for what:
 
-* **Training** uses only the fonts of Debian's ``fonts-aenigma`` and ``fonts-adf-*`` packages, found through dpkg's
-  own file lists (``/var/lib/dpkg/info/<package>.list``), so a font installed by anything else is never picked up.
-  Their families are split 90/10 into ``train`` and ``test`` (see :func:`held_out_families`).
+* **Training** uses only the fonts of Debian's ``fonts-aenigma`` and ``fonts-adf-*`` packages
+  (:func:`training_fonts`): the copy bundled in ``data/fonts/`` (:mod:`.font_bundle`; no apt needed), or, where the
+  bundle is absent (a wheel install), the installed packages found through dpkg's own file lists
+  (``/var/lib/dpkg/info/<package>.list``), so a font installed by anything else is never picked up. Their families are
+  split 90/10 into ``train`` and ``test`` (see :func:`held_out_families`).
 * The **reference font** (DejaVu Sans, shipped inside matplotlib) draws the query glyphs of every episode.
 * **Every other font is reserved for evaluation**: pass it explicitly with ``GlyphWorld(fonts=PATH)``.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,8 @@ TEST_FAMILY_FRACTION = 0.1  # share of Debian font families held out as the test
 MIN_RECOGNISED = 0.15  # below this share of recognisable glyphs a font counts as symbols (chance is 5/62 = 0.08)
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
 DEBIAN_FONT_PACKAGES = ("fonts-aenigma", "fonts-adf-*")
-DPKG_INFO = Path("/var/lib/dpkg/info")
+# dpkg's file lists; CTXDIFF_DPKG_INFO points elsewhere, e.g. at an empty folder to hide the system's fonts.
+DPKG_INFO = Path(os.environ.get("CTXDIFF_DPKG_INFO", "/var/lib/dpkg/info"))
 # A private-use code point in the last Unicode plane: no text font maps it, so it draws the font's ".notdef" glyph,
 # which is also what the font draws for any character it lacks.
 MISSING_CODEPOINT = "\U0010fffd"
@@ -42,7 +46,8 @@ MISSING_CODEPOINT = "\U0010fffd"
 # but symbols for lowercase and digits, which the glyph check below cannot tell from a fancy display font).
 SYMBOL_NAME = re.compile(r"\b(dings?|dingbats?|wingdings|webdings|symbols?|opensymbol|ornaments?|emoji|icons?|"
                          r"awesome|marlett|cmsy\d*|cmex\d*|msam\d*|msbm\d*|wasy\d*)\b", re.IGNORECASE)
-INSTALL_HINT = ("install them with `sudo apt-get install fonts-aenigma 'fonts-adf-*'` (Debian/Ubuntu/Colab), "
+INSTALL_HINT = ("a clone of the repository carries them in data/fonts/ (`git checkout -- data/fonts` restores them); "
+                "elsewhere install them with `sudo apt-get install fonts-aenigma 'fonts-adf-*'` (Debian/Ubuntu/Colab), "
                 "or pass your own fonts with GlyphWorld(fonts=PATH)")
 
 
@@ -53,19 +58,35 @@ def reference_font_path() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
-def debian_training_fonts(dpkg_info: Path | None = None) -> list[Path]:
-    """The font files installed by the ``fonts-aenigma`` and ``fonts-adf-*`` packages, sorted by path."""
+def dpkg_lists(dpkg_info: Path | None = None) -> list[Path]:
+    """dpkg's file lists of the installed training-font packages, sorted."""
     dpkg_info = dpkg_info or DPKG_INFO
     # "<package>.list", or "<package>:<arch>.list" on multi-arch systems
-    lists = sorted({p for pattern in DEBIAN_FONT_PACKAGES for name in (f"{pattern}.list", f"{pattern}:*.list")
-                    for p in dpkg_info.glob(name)})
-    files = {Path(line.strip()) for listing in lists for line in listing.read_text().splitlines()
+    return sorted({p for pattern in DEBIAN_FONT_PACKAGES for name in (f"{pattern}.list", f"{pattern}:*.list")
+                   for p in dpkg_info.glob(name)})
+
+
+def debian_training_fonts(dpkg_info: Path | None = None) -> list[Path]:
+    """The font files installed by the ``fonts-aenigma`` and ``fonts-adf-*`` packages, sorted by path."""
+    files = {Path(line.strip()) for listing in dpkg_lists(dpkg_info) for line in listing.read_text().splitlines()
              if line.strip().lower().endswith(FONT_SUFFIXES)}
     files = sorted(p for p in files if p.is_file())
     if not files:
         raise FileNotFoundError(f"the training fonts (Debian packages {', '.join(DEBIAN_FONT_PACKAGES)}) are not "
                                 f"installed: {INSTALL_HINT}.")
     return files
+
+
+def training_fonts() -> list[Path]:
+    """GlyphWorld's training fonts: the bundled copy in ``data/fonts/`` if present, else the installed packages.
+
+    Both hold the same files in the same order (a test checks it where the packages are installed).
+    """
+    from .font_bundle import BUNDLED_FONTS, MANIFEST, bundled_font_files
+
+    if (BUNDLED_FONTS / MANIFEST).is_file():
+        return bundled_font_files(BUNDLED_FONTS)
+    return debian_training_fonts()
 
 
 def font_files(path: str | Path) -> list[Path]:

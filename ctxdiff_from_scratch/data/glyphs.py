@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from .episode import Episode
-from .fonts import (DEFAULT_CHARSET, INSTALL_HINT, debian_training_fonts, font_family, font_files,
-                    held_out_families, reference_font_path, render_charset, survey_fonts)
+from .fonts import (DEFAULT_CHARSET, INSTALL_HINT, font_family, font_files, held_out_families, reference_font_path,
+                    render_charset, survey_fonts, training_fonts)
 
 SPLITS = ("train", "test", "all")
 
@@ -28,8 +28,8 @@ class GlyphWorld:
     split: "train" or "test" -- the 90% / 10% of font *families* (:func:`fonts.held_out_families`); "all" -- every
         font. Default: "train" for the Debian fonts, "all" for ``fonts=PATH``.
     size: image side in pixels.
-    fonts: None -- the Debian training fonts (fonts-aenigma, fonts-adf-*); a font file or a folder of fonts -- any
-        fonts, e.g. for evaluation on fonts never used in training.
+    fonts: None -- the Debian training fonts (fonts-aenigma, fonts-adf-*; bundled in data/fonts/); a font file or a
+        folder of fonts -- any fonts, e.g. for evaluation on fonts never used in training.
     charset: the characters drawn (default A-Z a-z 0-9). Fonts lacking any of them are dropped.
     progress: show a progress bar while rendering (20-50 ms per font: the 564 training files take about 25 s).
 
@@ -48,7 +48,7 @@ class GlyphWorld:
             raise ValueError(f"charset needs at least 2 distinct characters, each once; got {charset!r}.")
         if fonts is None:
             try:
-                paths = debian_training_fonts()
+                paths = training_fonts()
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"GlyphWorld(split={split!r}) needs the Debian training fonts: "
                                         f"{INSTALL_HINT}.") from error
