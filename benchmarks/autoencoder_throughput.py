@@ -4,14 +4,12 @@ One step = forward, the L2 + edge-weighted loss, backward and AdamW on a batch o
 ``train_autoencoder`` does it. Two variants, alternating round by round so that the drift of a shared machine hits
 both alike:
 
-* ``plain``: contiguous tensors, the per-tensor AdamW loop (what the recipe did before 2026-11-27);
+* ``plain``: contiguous tensors, the per-tensor AdamW loop (what the recipe did before);
 * ``recipe``: channels_last weights and batches, and the fused AdamW kernel (what ``train_autoencoder`` does now).
 
-Prints the median milliseconds per step of each and their ratio (the median of the per-round ratios). Measured on
-this project's shared 2-core Xeon, two threads, the `cpu` profile, batch 8, 6 rounds of 120 steps (the defaults):
-plain 69.5 ms, recipe 53.8 ms (medians; fastest rounds 56.2 and 47.9 ms), a 1.22x speed-up; the same A/B run
-earlier the same day gave 56.3 and 52.2 ms (fastest 50.7 and 45.1), 1.08x. The machine's speed drifts by tens of
-percent within minutes, so read the ratio, not the milliseconds.
+Prints the median milliseconds per step of each and their ratio (the median of the per-round ratios). A shared
+machine's speed drifts by tens of percent within minutes, so read the ratio, not the milliseconds. Measured figures:
+docs/benchmarks.md.
 
 Run: ``.venv/bin/python benchmarks/autoencoder_throughput.py [--rounds 6] [--steps 120] [--threads 2]``.
 """

@@ -14,15 +14,7 @@ Training recipe (``--recipe``): what the numbers supported is channels_last memo
 By default only our model gets them and diffusers runs as its training examples do (contiguous tensors, plain
 ``torch.optim.AdamW``); ``--recipe both`` gives diffusers the same, ``--recipe none`` neither.
 
-Measured on a shared 2-core Xeon (AVX-512), one thread per model, 4x8x8 latents, batch 64 (ratio ours/diffusers, by
-wall time / by CPU time): recipe none 0.98 / 0.99, recipe ours (the default) 1.12 / 1.13, recipe both 1.12 / 1.13
-(channels_last helps our layers more than diffusers'), ``--stock-hint`` 1.82 / 1.68 (that gap is architecture).
-Both models count 29.1 GFLOP per step (FlopCounterMode) and run them at ~65 GFLOP/s, half this core's sgemm peak, so
-at equal FLOPs there is little left to win. What was tried (speed relative to our plain step, alternating in one
-process): kept are channels_last 1.07x and fused AdamW 1.02x; not kept are fused QKV / KV projections 0.85x, the key
-projection folded into the queries (Q W_K^T h^T instead of Q (h W_K)^T, fewer FLOPs at 4 positions) slower than
-the SDPA kernel, bf16 autocast on CPU 0.78x, torch.compile 0.91x after 7-10 minutes of compiling, oneDNN
-convolutions off 0.54x.
+Measured figures, and the speed-ups tried and not kept: docs/benchmarks.md.
 
 Run: ``.venv/bin/python benchmarks/denoiser_throughput.py [--latent 16] [--threads 0] [--compile] [--device cuda]``.
 On a GPU (``--device cuda``) both run under bf16 autocast and the script prints the model FLOPs utilisation:

@@ -10,20 +10,8 @@ which shape class. This script freezes an image encoder, encodes styled images, 
 
 It prints their accuracy on unseen train-split images (same style distribution) and on test-split styles (held-out
 colour pairings, which no probe trained on train styles can name reliably). Use it as a cheap check of an encoder
-recipe before a 45-minute denoiser run. Measured on this project's recipes (one thread, seed 0; accuracies on unseen
-train-split images, then on test styles, linear / attention):
-
-=====================================================  ===============  ===============
-encoder recipe                                          train styles     test styles
-=====================================================  ===============  ===============
-plain CLIP, 400 steps (the shipped encoders)            0.586 / 0.514    0.340 / 0.413
-plain CLIP, 800 steps                                   0.591 / 0.544    0.371 / 0.423
-``--binding-twins --steps 800``                         0.614 / 0.544    0.388 / 0.485
-=====================================================  ===============  ===============
-
-Every recipe keeps the binding only partly; twins help most on held-out test pairings. A better probe score is not
-enough, though: the whole 45-minute recipe on the twin encoders reached a forward context gain of 31.2% (the shipped
-plain encoders: 36.1%), so look at the denoiser too before adopting an encoder recipe.
+recipe before a 45-minute denoiser run, but not as the only one: a better probe score did not give the denoiser a
+better context gain (docs/experiments.md, section 3). Measured figures: docs/benchmarks.md.
 
 Run: ``.venv/bin/python benchmarks/encoder_binding.py [--encoders data/checkpoints/shapes] [--threads 2]``.
 """

@@ -53,25 +53,25 @@ from ctxdiff_from_scratch.train import LR_DECAYS
 
 PACKAGE = [sys.executable, "-m", "ctxdiff_from_scratch"]
 BUDGET_MINUTES = 45.0
-# Stage 2's time cap covers its training loop; loading the parts and the pool and saving the model come on top:
-# ~4 s measured at batch 32 (the pool comes from stage 1's cache): a reserve of 1.5 minutes left ~1.4 unused.
+# Stage 2's time cap covers its training loop; loading the parts and the pool and saving the model come on top and
+# take seconds (the pool comes from stage 1's cache). Where this file's constants come from: docs/benchmarks.md.
 STAGE2_RESERVE_MINUTES = 0.5
-# Stage 2 trains until its time cap: this step count (constant learning rate) is only a ceiling a 2-core CPU never
-# reaches (~7.5 steps/s there at batch 32: 12600 steps), so a faster machine trains longer rather than stopping early.
+# Stage 2 trains until its time cap: this step count is only a ceiling a 2-core CPU never reaches, so a faster
+# machine trains longer rather than stopping early.
 STAGE2_MAX_STEPS = 50000
-# Stage 2's learning rate: ShapesWorld's anneals to zero over the last 20% of its minutes ("wsd"), which lowered the
-# forward C RMSE on the test split on three evaluation seeds (mean 0.1423 against 0.1441; shapes model card).
-# GlyphWorld's recipe was measured, and met its target, with a constant rate; "wsd" is not measured there yet.
+# Stage 2's learning rate: ShapesWorld's anneals to zero over the last 20% of its minutes ("wsd"), which lowered its
+# error with context. GlyphWorld's recipe was measured, and met its target, with a constant rate; "wsd" is not
+# measured there yet.
 STAGE2_LR_DECAY = {"shapes": "wsd", "glyphs": "constant"}
-# tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: 0.4-1.0 minutes on the 2-core AMD EPYC, 1.9 on
-# the Intel Xeon before it (measured); with the stage-2 reserve's spare, the recipe stays inside the budget on both.
+# tune-guidance scores 5 candidate s_c on 3 x 64 train episodes: up to ~2 minutes on a 2-core CPU; with the stage-2
+# reserve's spare, the recipe stays inside the budget.
 GUIDANCE_RESERVE_MINUTES = 1.7
 PHASES = ("frozen parts", "stage 1", "stage 2", "guidance", "eval")
 PHASE_OUTPUT = {"frozen parts": "parts", "stage 1": "stage1", "stage 2": "stage2", "guidance": "stage2/sampling.json",
                 "eval": "eval.json"}
 SHAPES_GAIN_TARGET = 0.40
-# With 64 test episodes per task, evaluation seeds of one model put the ShapesWorld reduction up to 1.6 points apart
-# (38.2% / 39.8% / 39.5%); 3 x 64 cuts that sampling noise by ~sqrt(3), for ~1 more minute outside the budget.
+# With 64 test episodes per task, evaluation seeds of one model put the ShapesWorld reduction up to 1.6 points apart;
+# 3 x 64 cuts that sampling noise by ~sqrt(3), for ~1 more minute outside the budget.
 EVAL_EPISODES = 192
 FORWARD_TASKS = ("edge2img", "seg2img", "depth2img")
 

@@ -17,7 +17,7 @@ Compared with LDM's first stage we keep the shape (ResNet blocks, strided downsa
 a Gaussian posterior) but make it CPU sized:
 
 * a **pixel-unshuffle** first stage folds each ``u x u`` pixel patch into channels, so no convolution ever runs at
-  full resolution (FACTS.md: full-resolution convolutions dominate the cost at 64x64);
+  full resolution (full-resolution convolutions dominate the cost at 64x64; docs/autoencoders.md);
 * **DC-AE shortcuts** (Chen et al. 2024, "Deep Compression Autoencoder"): every resize has a parameter-free twin
   (``channel_shortcut``) and every learned branch starts at zero, so training starts from "average blocks, paint them
   back" and only learns the detail. In our runs this was the difference between a plateau and steady progress;
@@ -127,12 +127,12 @@ class AutoencoderConfig:
         return cls(**{**AUTOENCODER_PROFILES[name], **overrides})
 
 
-# "cpu" keeps f = 8 (8x8 latents: the UNet's cheap size) but uses 16 latent channels instead of LDM's 4: measured on
-# this CPU, a UNet step costs 1.06x as much on 16x8x8 as on 4x8x8 (2.7x on 4x16x16), while the autoencoder
-# reconstructs far better (thin edges survive at all). "cpu-c48" triples the channels again: ShapesWorld's styled
-# images reach 28.3 dB PSNR after 16000 steps (the 16-channel model: 24.3 after 9000), but the 45-minute recipe's
-# denoiser, which has to model 3x as many numbers, lowers the forward RMSE with context by 36% instead of 41%; the
-# shipped ShapesWorld model uses it with a longer-trained denoiser. See the shapes autoencoder card for the numbers.
+# "cpu" keeps f = 8 (8x8 latents: the UNet's cheap size) but uses 16 latent channels instead of LDM's 4: a UNet step
+# costs about the same on 16x8x8 as on 4x8x8 (f = 4 would cost far more), while thin edges survive the autoencoder.
+# "cpu-c48" triples the channels again: ShapesWorld's styled images reconstruct far better, but the denoiser has to
+# model 3x as many numbers and learns them more slowly, so the 45-minute recipe keeps "cpu" and the shipped
+# ShapesWorld model pairs "cpu-c48" with a longer-trained denoiser. Measurements: docs/autoencoders.md and
+# docs/experiments.md, section 15.
 AUTOENCODER_PROFILES: dict[str, dict] = {
     "tiny": dict(image_size=32, channels=(12, 24), unshuffle=2, latent_channels=4, norm_groups=4),
     "cpu": dict(image_size=64, channels=(24, 48, 96), unshuffle=2, latent_channels=16),

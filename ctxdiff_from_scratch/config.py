@@ -137,8 +137,8 @@ class ContextConfig:
 
     visual_dim: int = 128
     context_dim: int = 128
-    # The paper's sum is the default (also of `train --combine`). On ShapesWorld, switching the shipped model to concat
-    # and training on for 935 steps did no better than staying with sum (forward-task RMSE 0.157 vs 0.153).
+    # The paper's sum is the default (also of `train --combine`): on ShapesWorld, concat gave no better context gain
+    # and costs longer key sequences (docs/experiments.md, section 9).
     combine: str = "sum"
 
     def __post_init__(self) -> None:

@@ -50,7 +50,8 @@ class DemoConfig(SamplingSettings):
 
 
 def _glyph_world(split: str) -> GlyphWorld:
-    """The Debian training fonts when installed; otherwise matplotlib's fonts, for display only."""
+    """The Debian training fonts (bundled in data/fonts/, else installed); without either (a wheel install, no apt)
+    matplotlib's fonts, for display only."""
     try:
         return GlyphWorld(split=split, progress=False)
     except FileNotFoundError as err:

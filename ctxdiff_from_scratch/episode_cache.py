@@ -3,7 +3,7 @@
 Every term of paper Eq. 2 except the denoiser comes from frozen networks: the target latent z_0 = E(target) (the
 autoencoder), the visual tokens f(v_i) of each context image (the image encoder) and h^c (the text encoder). They do
 not change during training, so we compute them once for ``pool_size`` episodes and train on random batches of that
-pool (FACTS.md: this removes the encoders from the training loop).
+pool, which removes the frozen encoders from the training loop.
 
 The pool holds one group per context size k (``k_choices``), ``pool_size // len(k_choices)`` episodes each, drawn
 with ``world.episode(seed, k=k)`` so that every group keeps the world's guarantees for that k (e.g. in ShapesWorld

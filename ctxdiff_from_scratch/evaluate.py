@@ -9,9 +9,14 @@ Metrics, on the **test** split of a world:
 * RMSE to the ground-truth target, pixels in [0, 1], as Prompt Diffusion reports it: RMSE = sqrt(mean_i MSE_i), the
   square root of the mean per-image mean squared error (so every image counts equally).
 * The trivial baseline "paint the context's mean colour" next to it: a model that only beats "none" may have learned
-  nothing the mean colour does not already give (FACTS.md).
+  nothing the mean colour does not already give (docs/experiments.md, section 16).
 * GlyphWorld: mean glyph IoU of the ink (pixels darker than 0.5: glyphs are dark on white, see ``data/glyphs.py``)
   against the trivial baseline of returning the query glyph, drawn in the reference font.
+* ShapesWorld forward tasks, two views of whether the context was *used*: the share of episodes in which a setting
+  beats the mean-colour baseline (``wins_over_mean_colour``: an average can hide a model that loses on most
+  episodes), and the MSE on the shapes' pixels alone (``shape_mse``; the mask is the target layout's shapes, which
+  seg2img's query shows), where a model must paint each shape in its own colour from the context rather than
+  the background that dominates the whole-image RMSE.
 * ``k_shot_scaling``: RMSE as the number of context images k grows.
 
 Every setting sees the same episodes and, batch by batch, the same starting noise, so the settings are compared on
@@ -29,11 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .data import Episode, GlyphWorld, ShapesWorld, collate_episodes
 from .data.shapes import FORWARD_TASKS, OUT_OF_DOMAIN_TASKS, REVERSE_TASKS
+from .data.shapes_layout import rasterize
 
 # setting -> (give the context, give the prompt)
 SETTINGS: dict[str, tuple[bool, bool]] = {"C+P": (True, True), "C": (True, False), "P": (False, True),
@@ -136,6 +143,22 @@ def mean_colour_baseline(context: torch.Tensor, context_mask: torch.Tensor | Non
     return colour[:, :, None, None].expand(-1, -1, *context.shape[-2:]).clone()  # (B, 3) -> (B, 3, H, W)
 
 
+def shape_pixel_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared errors summed over the masked pixels of each image, and the number of values summed.
+
+    pred, target: (B, 3, H, W); mask: (B, H, W) bool. Returns ((B,), (B,)); their pooled ratio is the shape-pixel MSE.
+    """
+    squared = (pred.float() - target.float()).pow(2).sum(dim=1)  # (B, 3, H, W) -> (B, H, W): summed over channels
+    return (squared * mask).flatten(1).sum(dim=1), 3 * mask.flatten(1).sum(dim=1)  # (B, H, W) -> (B,)
+
+
+def shape_masks(world: ShapesWorld, seeds: Sequence[int], task: str, k: int) -> torch.Tensor:
+    """(N, H, W) bool: the pixels of each episode's target that belong to a shape (the target layout's classes)."""
+    layouts = [world.episode_spec(seed, task=task, k=k).target_layout for seed in seeds]
+    return torch.from_numpy(np.stack([rasterize(layout, world.size).classes >= 0 for layout in layouts]))
+
+
 def ink(images: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
     """Glyph pixels: (B, 3, H, W) dark-on-white images -> (B, H, W) bool, True where the grey value < threshold."""
     return images.float().mean(dim=1) < threshold  # (B, 3, H, W) -> (B, H, W)
@@ -185,35 +208,53 @@ def _settings_of(world, config: EvalConfig) -> tuple[str, ...]:
 def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str] | None = None,
                     world: ShapesWorld | None = None) -> dict:
     """RMSE on ShapesWorld episodes (``config.split``: test unless chosen) per task and setting, the mean-colour
-    baseline, and group summaries.
+    baseline, and group summaries; on the forward tasks also the share of episodes that beat the baseline and the
+    shape-pixel MSE.
 
-    Returns {"world", "split", "config", "rmse": {row: {column: value}}, "context_gain_forward"}: rows are the tasks
-    and the groups forward / reverse / out_of_domain (RMSE pooled over their images); columns the settings and the
-    baseline. ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks (when both were run).
+    Returns {"world", "split", "config", "rmse": {row: {column: value}}, "wins_over_mean_colour": {row: {setting:
+    share}}, "shape_mse": {row: {column: value}}, "context_gain_forward"}: rows are the tasks and the groups forward /
+    reverse / out_of_domain (pooled over their images; the last two tables have forward rows only); columns the
+    settings and the baseline. ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks (when both
+    were run).
     """
     config = with_checkpoint_guidance(pipe, config or EvalConfig())
     world = world or ShapesWorld(split=config.split, size=pipe.image_size)
     tasks = tuple(tasks or world.tasks)
+    columns = (*config.settings, MEAN_COLOUR)
     mses: dict[str, dict[str, torch.Tensor]] = {}
+    shape_errors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     runs = [(task, setting) for task in tasks for setting in config.settings]
     bar = tqdm(total=len(runs), desc="eval shapes", **({} if config.progress else {"disable": True}))
     for task in tasks:
-        episodes = [world.episode(seed, task=task, k=config.k) for seed in episode_seeds(config)]
+        seeds = episode_seeds(config)
+        episodes = [world.episode(seed, task=task, k=config.k) for seed in seeds]
         batch = collate_episodes(episodes)
-        mses[task] = {MEAN_COLOUR: per_image_mse(mean_colour_baseline(batch.context, batch.context_mask),
-                                                 batch.target)}
+        outputs = {MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
         for setting in config.settings:
             bar.set_postfix_str(f"{task} {setting}")
-            mses[task][setting] = per_image_mse(generate_episodes(pipe, episodes, setting, config), batch.target)
+            outputs[setting] = generate_episodes(pipe, episodes, setting, config)
             bar.update()
+        mses[task] = {c: per_image_mse(outputs[c], batch.target) for c in columns}
+        if task in FORWARD_TASKS:
+            mask = shape_masks(world, seeds, task, config.k)
+            shape_errors[task] = {c: shape_pixel_errors(outputs[c], batch.target, mask) for c in columns}
     bar.close()
-    columns = (*config.settings, MEAN_COLOUR)
+    forward = [t for t in FORWARD_TASKS if t in tasks]
     table = {task: {c: _pooled_rmse([mses[task][c]]) for c in columns} for task in tasks}
     for group, members in TASK_GROUPS.items():
         present = [t for t in members if t in tasks]
         if present:
             table[group] = {c: _pooled_rmse([mses[t][c] for t in present]) for c in columns}
-    results = {"world": "shapes", "split": world.split, "config": dataclasses.asdict(config), "rmse": table}
+    rows = {task: [task] for task in forward} | ({"forward": forward} if forward else {})
+    # share of episodes with MSE_i(setting) < MSE_i(mean colour), over the row's episodes
+    wins = {row: {s: torch.cat([mses[t][s] < mses[t][MEAN_COLOUR] for t in members]).float().mean().item()
+                  for s in config.settings} for row, members in rows.items()}
+    # shape-pixel MSE = sum of squared errors on shape pixels / number of those values, pooled over the row's images
+    shape_mse = {row: {c: (sum(shape_errors[t][c][0].sum() for t in members)
+                           / sum(shape_errors[t][c][1].sum() for t in members)).item() for c in columns}
+                 for row, members in rows.items()}
+    results = {"world": "shapes", "split": world.split, "config": dataclasses.asdict(config), "rmse": table,
+               "wins_over_mean_colour": wins, "shape_mse": shape_mse}
     if "forward" in table and {"C", "none"} <= set(config.settings):
         results["context_gain_forward"] = 1.0 - table["forward"]["C"] / table["forward"]["none"]
     return results
@@ -255,14 +296,16 @@ def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1,
 
 def format_table(results: dict) -> str:
     """The metric tables of an ``evaluate_*`` result as aligned text, one table per metric."""
+    titles = {"rmse": "RMSE", "iou": "glyph IoU", "shape_mse": "MSE on the shapes' pixels",
+              "wins_over_mean_colour": "share of episodes beating the mean-colour baseline"}
     lines = []
-    for metric in ("rmse", "iou"):
-        if metric not in results:
+    for metric, title in titles.items():
+        if not results.get(metric):
             continue
         rows = results[metric]
         columns = list(next(iter(rows.values())))
         width = max(len(r) for r in rows) + 2
-        lines.append(f"{metric.upper()} ({results['world']}, {results['split']} split)")
+        lines.append(f"{title} ({results['world']}, {results['split']} split)")
         lines.append(" " * width + "".join(f"{c:>{max(len(c), 8) + 2}}" for c in columns))
         for row, values in rows.items():
             lines.append(f"{row:<{width}}" + "".join(f"{values[c]:>{max(len(c), 8) + 2}.4f}" for c in columns))

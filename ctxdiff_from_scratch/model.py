@@ -41,7 +41,8 @@ from .unet import UNet
 
 DENOISER_NAME = "denoiser"
 TOKENIZER_FILE = "tokenizer.json"
-# v-prediction: FACTS.md measured that it reads colours from the context within minutes, where eps-prediction did not.
+# v-prediction: a prototype read colours from the context within minutes, where eps-prediction did not
+# (docs/experiments.md, section 16).
 # The cosine schedule ends near pure noise (ab_T ~ 1e-9), so sampling from N(0, I) matches training.
 DEFAULT_SCHEDULE = ScheduleConfig(beta_schedule="cosine", prediction_type="v_prediction")
 

@@ -6,18 +6,17 @@
     python -m ctxdiff_from_scratch train ... --resume                                       # continue after a crash
     accelerate launch --num_processes 2 -m ctxdiff_from_scratch train ...                    # several GPUs/processes
 
-The objective is paper Eq. 2 with a v-prediction target by default (FACTS.md: it reads colours from the context
-far sooner than eps-prediction):
+The objective is paper Eq. 2 with a v-prediction target by default (it learns to read colours from the context far
+sooner than eps-prediction; docs/experiments.md, section 16):
 
     L = E_{z_0, eps, t, q, c, V} || target(z_0, eps, t) - model(z_t, t, q, [h^c ; h^V]) ||^2,
     z_t = sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps,   target = eps  or  v = sqrt(ab_t) eps - sqrt(1 - ab_t) z_0.
 
-``--min-snr-gamma 5`` weights each example's term by Min-SNR-gamma (Hang et al. 2023; ``min_snr_weight``); it is off
-by default: on the ShapesWorld recipe it did not raise the context gain (shapes model card). ``--timestep-shift 3``
-draws the training timesteps shifted towards pure noise (``shifted_timesteps``); also off by default: on the same
-recipe it lowered the context gain (28.8% against 31.0%). ``--lr-decay wsd`` holds the learning rate, then anneals it
-linearly to zero over the last ``--decay-fraction`` of the run's budget, steps or minutes (``lr_factor``); the
-45-minute ShapesWorld recipe does that in stage 2 (its error with context fell from 0.144 to 0.142; shapes model card).
+``--min-snr-gamma 5`` weights each example's term by Min-SNR-gamma (Hang et al. 2023; ``min_snr_weight``), and
+``--timestep-shift 3`` draws the training timesteps shifted towards pure noise (``shifted_timesteps``); both are off by
+default. ``--lr-decay wsd`` holds the learning rate, then anneals it linearly to zero over the last
+``--decay-fraction`` of the run's budget, steps or minutes (``lr_factor``); the 45-minute ShapesWorld recipe does that
+in stage 2. What each option did to the ShapesWorld recipe: docs/experiments.md, sections 8, 10 and 11.
 
 Stages, as the paper does with a pre-trained base model:
 
@@ -113,8 +112,8 @@ class TrainConfig:
     prediction_type: str = "v_prediction"
     steps: int = 2000
     minutes: float | None = None
-    # 32, not 64: in the 45-minute recipe twice the steps of half the batch gave ShapesWorld a lower error with
-    # context (forward C RMSE 0.143 vs 0.146 on the test split); 16 was worse again (0.146). Shapes model card.
+    # 32, not 64: in a fixed time budget, twice the steps on half the batch draw better images with context; 16 was
+    # worse again (docs/experiments.md, section 4).
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
@@ -503,7 +502,7 @@ class Trainer:
         seed_everything(config.seed)
         self.model = build_model(config).to(self.device)
         self.model.train()
-        # channels_last: 1.07x faster denoiser steps on a 2-core CPU (benchmarks/denoiser_throughput.py); the
+        # channels_last: faster denoiser steps on a CPU (benchmarks/denoiser_throughput.py); the
         # checkpoints are written contiguous, so loading them does not depend on it
         self.denoiser: Denoiser = self.model.denoiser.to(memory_format=torch.channels_last)
         self.trainable = [p for p in self.denoiser.parameters() if p.requires_grad]

@@ -35,10 +35,9 @@ STROKE_KINDS = ("edge", "canny", "scribble")
 # Dark ink on white: scored by glyph IoU. GlyphWorld's only task is font2font, so its target kind is "font".
 INK_KINDS = ("font",)
 RECONSTRUCTION_LOSSES = ("l1", "l2")
-# Extra loss weight on stroke pixels, per world. With the L1 loss thin edges needed a strong weight: with 4, edge maps
-# decoded to black for the first ~1300 steps (edge F1 0); with 16, edge F1 was 0.48 after ~550 steps (48 was no
-# better). With L2, 4 keeps them on ShapesWorld (F1 0.97) and gains ~1 dB on styled images, seg and depth maps over
-# 16; glyph outlines want 32 (IoU 0.952 vs 0.949 with 16). Screens in the model cards.
+# Extra loss weight on stroke pixels, per world: thin strokes are a few pixels among flat background and fade without
+# it. Under the L2 loss, 4 keeps ShapesWorld's edges, and a heavier weight costs PSNR on its styled images and maps;
+# glyph outlines want 32. Screens: docs/autoencoders.md.
 EDGE_WEIGHTS = {"shapes": 4.0, "glyphs": 32.0}
 
 
@@ -59,8 +58,8 @@ class TrainConfig:
     # None: the world's own weight, EDGE_WEIGHTS[world].
     edge_weight: float | None = None
     # "l2" or "l1" (LDM's choice): the squared error punishes a half-grey pixel on a 1-pixel stroke far more than
-    # many small errors on flat areas, and that keeps thin strokes across the 0.5 threshold: in a screen of 9000-step
-    # runs edge F1 rose from 0.87-0.92 to 0.96 and glyph IoU from 0.944 to 0.951-0.952 (model cards).
+    # many small errors on flat areas, and that keeps thin strokes across the 0.5 threshold that edge F1 and glyph IoU
+    # use (docs/autoencoders.md, "The L2 recipe").
     loss: str = "l2"
     # A second phase after the main one (0 steps = none): the decoder alone learns to decode *noisy* latents, so it
     # forgives the denoiser's mistakes (see finetune_decoder). Noise std up to decoder_noise, in scaled-latent units.

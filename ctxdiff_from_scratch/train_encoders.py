@@ -15,7 +15,7 @@ temperature. The positives differ per world:
   half of each batch are *binding twins* of the other half (``ShapesWorld.styled_twins``): the same layout and the
   same words with the colours bound to other shapes. Random negatives can be told apart by their bag of colours
   alone; a twin only by which colour goes with which shape, which is what the diffusion model must read off its
-  context. (Measured: it helps the encoders, not yet the denoiser; see ``EncoderTrainConfig.binding_twins``.)
+  context. (Off by default: it helps the encoders, not the denoiser; see ``EncoderTrainConfig.binding_twins``.)
   With ``style_pairs`` (the ShapesWorld default) each image also meets its *style sibling*, the same style painted on
   another layout (``ShapesWorld.styled_siblings``), in a second InfoNCE term. A prompt names the background's pattern
   and colour but not the angle of its stripes, so image <-> prompt alone never asks the encoder to keep it; a context
@@ -81,11 +81,9 @@ class EncoderTrainConfig:
     eval_rounds: int = 4
     log_every: int = 10
     seed: int = 0
-    # shapes: half of each batch are binding twins of the other half (ShapesWorld.styled_twins). Measured with 800
-    # steps against plain CLIP at 400 / 800 steps: retrieval 0.977 (0.969 / 0.980); attention probes for "the colour
-    # of class c" (benchmarks/encoder_binding.py) 0.544 on train styles (0.514 / 0.544) and 0.485 on test styles
-    # (0.413 / 0.423). But the whole 45-minute recipe on these encoders gave a forward context gain of 31.2%, against
-    # 36.1% with the shipped plain 400-step encoders, so it is off by default.
+    # shapes: half of each batch are binding twins of the other half (ShapesWorld.styled_twins). Off by default: it
+    # raises the encoders' binding probes (benchmarks/encoder_binding.py) but gave the denoiser no more context gain
+    # (docs/experiments.md, section 3).
     binding_twins: bool = False
     # shapes: add the image <-> style-sibling InfoNCE term (see the module docstring). None: on for shapes unless
     # binding_twins is on (the two are alternatives), off for glyphs.

@@ -11,7 +11,8 @@ from PIL import Image
 from ctxdiff_from_scratch.data import GlyphWorld, ShapesWorld, collate_episodes
 from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, EvalConfig, evaluate_glyphs,
                                            evaluate_shapes, format_table, glyph_iou, ink, k_shot_scaling,
-                                           main_eval, main_sample, mean_colour_baseline, per_image_mse, rmse)
+                                           main_eval, main_sample, mean_colour_baseline, per_image_mse, rmse,
+                                           shape_masks, shape_pixel_errors)
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
 from tiny_model import SIZE, tiny_model
 
@@ -82,7 +83,34 @@ def test_evaluate_shapes_runs_the_four_settings_and_the_baseline(pipe):
     # the settings generate different images (with an untrained model too), so their numbers differ
     assert len({round(table["edge2img"][s], 6) for s in SETTINGS}) > 1
     text = format_table(results)
-    assert "scribble2img" in text and "C+P" in text and MEAN_COLOUR in text
+    assert "scribble2img" in text and "C+P" in text and MEAN_COLOUR in text and "shapes' pixels" in text
+    # forward tasks only: the share of episodes beating the baseline, and the error on the shapes' pixels
+    for name in ("wins_over_mean_colour", "shape_mse"):
+        assert set(results[name]) == {"edge2img", "seg2img", "forward"}, name
+    assert set(results["wins_over_mean_colour"]["forward"]) == set(SETTINGS)
+    assert all(0 <= v <= 1 for row in results["wins_over_mean_colour"].values() for v in row.values())
+    wins = results["wins_over_mean_colour"]
+    assert wins["forward"]["C"] == pytest.approx((wins["edge2img"]["C"] + wins["seg2img"]["C"]) / 2)
+    mask = shape_masks(world, range(TINY.episodes), "seg2img", TINY.k)
+    baseline = mean_colour_baseline(batch.context, batch.context_mask)
+    on_shapes = (baseline - batch.target).pow(2).permute(1, 0, 2, 3)[:, mask]  # (3, N, H, W) -> (3, P)
+    assert results["shape_mse"]["seg2img"][MEAN_COLOUR] == pytest.approx(on_shapes.mean().item())
+
+
+def test_shape_pixel_errors_and_masks():
+    pred, target = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    pred[0, :, 0, 0] = 1.0  # one wrong pixel inside the mask of image 0 ...
+    pred[1, :, 3, 3] = 1.0  # ... and one outside the mask of image 1
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, :2, :2] = True
+    errors, counts = shape_pixel_errors(pred, target, mask)
+    assert errors.tolist() == [3.0, 0.0] and counts.tolist() == [12, 12]
+    # the shapes' pixels are exactly what seg2img's query map draws on its black background
+    world = ShapesWorld("test", size=32)
+    masks = shape_masks(world, range(3), "seg2img", 2)
+    for seed in range(3):
+        query = world.episode(seed, task="seg2img", k=2).query
+        assert torch.equal(masks[seed], query.sum(dim=0) > 0) and masks[seed].any()
 
 
 def test_settings_see_the_same_noise_and_are_reproducible(pipe):
@@ -104,7 +132,7 @@ def test_evaluate_glyphs_runs_the_settings_without_prompt_and_both_baselines():
     batch = collate_episodes([world.episode(seed, k=TINY.k) for seed in range(TINY.episodes)])
     expected = glyph_iou(batch.query, batch.target).mean().item()
     assert results["iou"]["font2font"][QUERY_GLYPH] == pytest.approx(expected)
-    assert "IOU" in format_table(results)
+    assert "glyph IoU" in format_table(results)
 
 
 def test_k_shot_scaling(pipe):
