@@ -12,6 +12,12 @@ over the groups, so no two episodes share a seed.
 
 Memory: targets as fp32 latents, queries as uint8 images (the worlds' images are 8-bit anyway), tokens as fp16.
 The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB.
+
+A fixed pool is seen again and again (6000 episodes, a few hundred times each in a long run), and a network that can
+memorise its episodes need not learn to read the context. :class:`PoolRefresher` therefore overwrites a rotating
+window of every group with never-seen episodes at every step (``train --fresh-per-step``): with m new episodes per
+group and step and batch B, an episode is drawn about B / (m * len(k_choices)) times before it is replaced, at the
+cost of encoding those episodes in the training loop.
 """
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ from .data import collate_episodes
 from .model import Conditions, ContextDiffusionModel
 
 ENCODE_BATCH = 128  # episodes encoded per forward pass while building the pool
+# Seeds of the episodes that replace pooled ones: far beyond the pool's (0 .. pool_size - 1) and the unseen train
+# episodes that tune-guidance scores (1,000,000 on), so none of those is ever trained on.
+FRESH_SEED_BASE = 10**8
 
 
 @dataclass
@@ -64,6 +73,20 @@ class EpisodeGroup:
         query = self.queries[index].to(device, torch.float32) / 255.0
         return self.latents[index].to(device), Conditions(text_tokens, text_mask, image_tokens, context_mask, query)
 
+    def write(self, slots: torch.Tensor, fresh: "EpisodeGroup") -> None:
+        """Overwrite the episodes at ``slots`` (m,) with ``fresh``'s m episodes (same k), in place.
+
+        Prompt tokens are padded (masked) to the longer of the two lengths: a pool keeps only the token positions its
+        prompts use, and a new prompt may be longer.
+        """
+        if self.text_tokens is not None:
+            length = max(self.text_tokens.shape[1], fresh.text_tokens.shape[1])
+            self.text_tokens, self.text_mask = _pad_tokens(self.text_tokens, self.text_mask, length)
+            fresh.text_tokens, fresh.text_mask = _pad_tokens(fresh.text_tokens, fresh.text_mask, length)
+            self.text_tokens[slots], self.text_mask[slots] = fresh.text_tokens, fresh.text_mask
+        self.latents[slots], self.queries[slots], self.image_tokens[slots] = (fresh.latents, fresh.queries,
+                                                                               fresh.image_tokens)
+
 
 class EpisodePool:
     """Pre-encoded episodes, one :class:`EpisodeGroup` per k. Build with :meth:`build`, cache with :meth:`save`."""
@@ -90,14 +113,9 @@ class EpisodePool:
             raise ValueError(f"pool_size={pool_size} is smaller than the number of k choices {k_choices}: every k "
                              "needs at least one episode.")
         per_group = pool_size // len(k_choices)
-        groups = {}
         bar = tqdm(total=per_group * len(k_choices), desc="encoding episode pool", disable=not progress)
-        for j, k in enumerate(k_choices):
-            seeds = [i * len(k_choices) + j for i in range(per_group)]
-            chunks = [_encode_chunk(model, world, seeds[s:s + ENCODE_BATCH], k, bar)
-                      for s in range(0, per_group, ENCODE_BATCH)]
-            groups[k] = EpisodeGroup(*(None if chunks[0][i] is None else torch.cat([c[i] for c in chunks])
-                                       for i in range(5)))
+        groups = {k: encode_episodes(model, world, [i * len(k_choices) + j for i in range(per_group)], k, bar)
+                  for j, k in enumerate(k_choices)}
         bar.close()
         return cls(_trim_text(groups), pool_key(model, world, pool_size, k_choices))
 
@@ -154,6 +172,13 @@ def load_or_build_pool(model: ContextDiffusionModel, world, pool_size: int, k_ch
     return pool
 
 
+def encode_episodes(model: ContextDiffusionModel, world, seeds: list[int], k: int, bar=None) -> EpisodeGroup:
+    """Draw the episodes ``seeds`` (k context images each) and encode them with the frozen parts, in chunks."""
+    chunks = [_encode_chunk(model, world, seeds[s:s + ENCODE_BATCH], k, bar) for s in range(0, len(seeds),
+                                                                                        ENCODE_BATCH)]
+    return EpisodeGroup(*(None if chunks[0][i] is None else torch.cat([c[i] for c in chunks]) for i in range(5)))
+
+
 @torch.no_grad()
 def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int, bar) -> tuple:
     device = model.device
@@ -168,7 +193,8 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
             length, dim = model.tokenizer.max_length, model.text_encoder.config.dim
             text = (torch.zeros(len(seeds), length, dim), torch.zeros(len(seeds), length, dtype=torch.bool))
         text_tokens, text_mask = text[0].half().cpu(), text[1].cpu()
-    bar.update(len(seeds))
+    if bar is not None:
+        bar.update(len(seeds))
     return latents, queries, image_tokens, text_tokens, text_mask
 
 
@@ -183,3 +209,57 @@ def _trim_text(groups: dict[int, EpisodeGroup]) -> dict[int, EpisodeGroup]:
         group.text_tokens = group.text_tokens[:, :length].contiguous()  # (n, L, D) -> (n, L_used, D)
         group.text_mask = group.text_mask[:, :length].contiguous()
     return groups
+
+
+def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, L, D) tokens and (n, L) mask -> length ``length`` >= L, the new positions zero and masked out."""
+    extra = length - tokens.shape[1]
+    if extra == 0:
+        return tokens, mask
+    return (torch.cat([tokens, tokens.new_zeros(tokens.shape[0], extra, tokens.shape[2])], dim=1),
+            torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1))
+
+
+class PoolRefresher:
+    """Replaces ``per_step`` episodes of every k group of a pool at every training step with never-seen ones.
+
+    Group j (the j-th of ``k_choices``) of n episodes takes its w-th new episode (w = 0, 1, 2, ...) into slot w mod n,
+    a window that rotates through the group, and that episode has seed ``FRESH_SEED_BASE + w * len(k_choices) + j``:
+    no seed repeats, in any group. Step s writes w = s * m ... (s + 1) * m - 1. So the pool at any step is a function
+    of the step alone, and :meth:`catch_up` rebuilds it in one pass when a run resumes.
+    """
+
+    def __init__(self, pool: EpisodePool, model: ContextDiffusionModel, world, per_step: int):
+        smallest = min(len(group) for group in pool.groups.values())
+        if not 1 <= per_step <= smallest:
+            raise ValueError(f"fresh episodes per step and group must be in [1, {smallest}] (the smallest k group of "
+                             f"the pool), got {per_step}.")
+        self.pool, self.model, self.world, self.per_step = pool, model, world, per_step
+
+    def seed(self, group: int, write: int) -> int:
+        return FRESH_SEED_BASE + write * len(self.pool.k_choices) + group
+
+    def _write(self, group: int, k: int, writes: list[int], bar=None) -> None:
+        episodes = self.pool.groups[k]
+        fresh = encode_episodes(self.model, self.world, [self.seed(group, w) for w in writes], k, bar)
+        episodes.write(torch.tensor([w % len(episodes) for w in writes]), fresh)
+
+    def refresh(self, step: int) -> None:
+        """Step ``step``'s new episodes: every group's next ``per_step`` slots."""
+        writes = list(range(step * self.per_step, (step + 1) * self.per_step))
+        for group, k in enumerate(self.pool.k_choices):
+            self._write(group, k, writes)
+
+    def catch_up(self, step: int, progress: bool = True) -> None:
+        """Bring a freshly built pool to its state at the start of ``step`` (after the refreshes of steps < step)."""
+        done = step * self.per_step  # writes made into each group so far
+        bar = tqdm(total=sum(min(done, len(g)) for g in self.pool.groups.values()), desc="refreshing the pool",
+                   disable=not progress or done == 0)
+        for group, k in enumerate(self.pool.k_choices):
+            n = len(self.pool.groups[k])
+            # slot j last received write w_j = (done - 1) - ((done - 1 - j) mod n), if that is >= 0
+            latest = [(done - 1) - ((done - 1 - j) % n) for j in range(n)]
+            writes = [w for w in latest if w >= 0]
+            if writes:
+                self._write(group, k, writes, bar)
+        bar.close()

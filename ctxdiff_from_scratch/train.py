@@ -78,16 +78,20 @@ from .checkpoint import config_from_dict, load_part, save_part
 from .config import COMBINE_MODES, AdapterConfig, ContextConfig, UNET_PROFILES
 from .data import WORLDS, make_world
 from .device import get_device, seed_everything
-from .episode_cache import EpisodePool, load_or_build_pool
+from .episode_cache import EpisodePool, PoolRefresher, encode_episodes, load_or_build_pool
 from .model import ContextDiffusionModel, Denoiser, FrozenParts, ModelConfig
 from .runlog import CSVLogger, plot_loss_curve, read_log
 from .schedule import NoiseSchedule, ScheduleConfig
 
 DEFAULT_PARTS_ROOT = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 LOG_NAME, CURVE_NAME, SUMMARY_NAME = "train_log.csv", "train_loss.png", "train_summary.json"
+PROBE_LOG_NAME, PROBE_CURVE_NAME = "probe_log.csv", "probe_loss.png"
+# The memorisation probe: this many pooled ("seen") and never-trained ("unseen") episodes, the unseen ones with seeds
+# from PROBE_SEED_BASE (beyond the pool, the fresh episodes and tune-guidance's).
+PROBE_EPISODES, PROBE_SEED_BASE = 64, 2 * 10**8
 CHECKPOINT_DIR, LATEST_NAME = "checkpoints", "latest.json"
 # Fields a resumed run may change; everything else must match the interrupted run, or the losses would differ.
-RESUME_OVERRIDABLE = ("steps", "minutes", "checkpoint_every", "log_every", "save_dtype", "threads")
+RESUME_OVERRIDABLE = ("steps", "minutes", "checkpoint_every", "log_every", "probe_every", "save_dtype", "threads")
 LR_DECAYS = ("constant", "cosine", "wsd")
 
 
@@ -132,6 +136,8 @@ class TrainConfig:
     p_drop_both: float = 0.05
     pool_size: int = 6000
     pool_cache: str | None = None  # a .safetensors file to keep the encoded pool between runs
+    fresh_per_step: int = 0        # > 0: never-seen episodes written into every k group per step (PoolRefresher)
+    probe_every: int = 500         # steps between memorisation probes (probe_log.csv); 0: none
     mixed_precision: str = "auto"  # "auto" = bf16 autocast on CUDA, none elsewhere; or "no" / "bf16"
     log_every: int = 10
     checkpoint_every: int = 500
@@ -142,11 +148,11 @@ class TrainConfig:
     PROFILES: ClassVar[dict[str, dict]] = {
         "cpu": {},
         "colab": dict(unet_profile="colab", steps=20000, batch_size=128, lr=3e-4, pool_size=20000, warmup_steps=500,
-                      checkpoint_every=2000, log_every=50, ema_decay=0.9995),
+                      checkpoint_every=2000, log_every=50, ema_decay=0.9995, probe_every=2000),
         "gpu": dict(unet_profile="gpu", steps=50000, batch_size=256, lr=2e-4, pool_size=50000, warmup_steps=1000,
-                    checkpoint_every=5000, log_every=100, ema_decay=0.9999),
+                    checkpoint_every=5000, log_every=100, ema_decay=0.9999, probe_every=5000),
         "tiny": dict(unet_profile="tiny", steps=8, batch_size=8, pool_size=24, warmup_steps=2, log_every=1,
-                     checkpoint_every=4, ema_decay=0.9),
+                     checkpoint_every=4, ema_decay=0.9, probe_every=0),
     }
 
     def __post_init__(self) -> None:
@@ -169,6 +175,12 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "pool_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.fresh_per_step < 0 or self.probe_every < 0:
+            raise ValueError(f"fresh_per_step and probe_every must be >= 0 (0: off), got {self.fresh_per_step} and "
+                             f"{self.probe_every}.")
+        if self.fresh_per_step > self.pool_size // len(self.k_choices):
+            raise ValueError(f"fresh_per_step={self.fresh_per_step} new episodes per k group and step exceed a group "
+                             f"of the pool ({self.pool_size} // {len(self.k_choices)} episodes): raise --pool-size.")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}: "
                              "each micro-step takes an equal share of the global batch.")
@@ -516,6 +528,9 @@ class Trainer:
         if cache and self.is_main:
             self.accelerator.wait_for_everyone()
         self.pool_seconds = time.perf_counter() - start
+        self.refresher = (PoolRefresher(self.pool, self.model, self.world, config.fresh_per_step)
+                          if config.fresh_per_step else None)
+        self.probe = self._build_probe() if config.probe_every and self.is_main else None
 
         self.ema = EMA(self.denoiser, config.ema_decay)
         self.optimizer = make_optimizer(self.denoiser, config)
@@ -525,17 +540,58 @@ class Trainer:
         self.step, self.elapsed, self.interval = 0, 0.0, {"loss": 0.0, "count": 0}
         if resume_from is not None:
             self._load_checkpoint(resume_from)
+        if self.refresher is not None:
+            self.refresher.catch_up(self.step, progress=self.is_main)  # the pool as it was at this step
         self.ddp_denoiser, self.optimizer = self.accelerator.prepare(self.denoiser, self.optimizer)
         self.schedule = self.model.schedule
         self.last_checkpoint: Path | None = resume_from
         if self.is_main:
             if resume_from is not None:
                 truncate_log(self.out / LOG_NAME, self.step)
+                truncate_log(self.out / PROBE_LOG_NAME, self.step)
             self.logger = CSVLogger(self.out / LOG_NAME, resume=resume_from is not None)
+            if self.probe is not None:
+                self.probe_logger = CSVLogger(self.out / PROBE_LOG_NAME, resume=resume_from is not None)
+
+    # -- the memorisation probe ---------------------------------------------------------------------------------------
+    def _build_probe(self) -> dict:
+        """Fixed inputs of the probe: n pooled and n unseen episodes of the largest k (n = ``PROBE_EPISODES``, or the
+        group's size if smaller), timesteps and noise.
+
+        Timesteps are spread evenly over the noisier half of the schedule, where z_t says little about z_0 and the
+        model has to take the colours from the context -- or from its memory of the pooled episodes.
+        """
+        k = max(self.config.k_choices)
+        n = min(PROBE_EPISODES, len(self.pool.groups[k]))
+        T = self.model.schedule.num_train_timesteps
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return {"k": k, "unseen": encode_episodes(self.model, self.world, list(range(PROBE_SEED_BASE,
+                                                                                    PROBE_SEED_BASE + n)), k),
+                "index": torch.arange(n), "t": torch.linspace(T // 2, T - 1, n).long(),
+                "noise": torch.randn(n, *self.model.latent_shape, generator=generator)}
+
+    @torch.no_grad()
+    def probe_losses(self) -> dict[str, float]:
+        """Eq. 2 loss with every condition given, on the pool's first episodes of the probe's k ("seen": trained on,
+        unless refreshed away) and on episodes never trained on ("unseen"); a growing gap is memorising."""
+        probe, index = self.probe, self.probe["index"]
+        seen = self.pool.groups[probe["k"]]
+        keep = torch.zeros(len(index), dtype=torch.bool, device=self.device)
+        self.denoiser.eval()  # no dropout: the probe must not draw from the training's random streams
+        losses = {}
+        for name, group in (("seen", seen), ("unseen", probe["unseen"])):
+            z0, cond = group.batch(index, self.device)
+            losses[f"loss_{name}"] = diffusion_loss(self.denoiser, self.schedule, z0, cond,
+                                                    probe["t"].to(self.device), probe["noise"].to(self.device),
+                                                    keep, keep).item()
+        self.denoiser.train()
+        return losses | {"gap": losses["loss_unseen"] - losses["loss_seen"]}
 
     # -- one step ---------------------------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
         """One optimiser step on the global batch of ``self.step``; returns (mean loss, grad norm) over processes."""
+        if self.refresher is not None:
+            self.refresher.refresh(self.step)
         batch = draw_batch(self.pool, self.config, self.step, self.model.latent_shape,
                            self.schedule.num_train_timesteps)
         group = self.pool.groups[batch.k]
@@ -599,6 +655,8 @@ class Trainer:
                                     grad_norm=grad_norm, img_per_s=img_per_s, elapsed_s=self.elapsed_now())
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{img_per_s:.0f}")
             bar.update(1)
+            if self.probe is not None and self.step % config.probe_every == 0:
+                self.probe_logger.log(step=self.step, **self.probe_losses())
             if self.step % config.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -622,6 +680,7 @@ class Trainer:
             "images_per_second": round(images / max(train_seconds, 1e-9), 1),
             "pool_seconds": round(self.pool_seconds, 1), "pool_episodes": len(self.pool),
             "pool_megabytes": round(self.pool.nbytes() / 2**20, 1),
+            "fresh_episodes": self.step * self.config.fresh_per_step * len(self.config.k_choices),
             "parameters": {"trainable": sum(p.numel() for p in self.trainable),
                            "denoiser": sum(p.numel() for p in self.denoiser.parameters())},
             "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
@@ -633,13 +692,21 @@ class Trainer:
             losses = log.get("loss", [])
             tail = losses[-max(1, len(losses) // 10):] if losses else []
             summary["final_loss"] = round(sum(tail) / len(tail), 5) if tail else None
+            probe_path = self.out / PROBE_LOG_NAME
+            probe = read_log(probe_path) if probe_path.is_file() and probe_path.stat().st_size else {}
+            if probe:
+                summary["probe"] = {key: values[-1] for key, values in probe.items()}
             self.ema.copy_to(self.denoiser)
             dtype = torch.float16 if self.config.save_dtype == "float16" else None
             self.model.save_pretrained(self.out, dtype=dtype, metadata={"training": summary})
+            stage = "joint" if self.config.joint else f"stage {self.config.stage}"
             if losses:
-                stage = "joint" if self.config.joint else f"stage {self.config.stage}"
                 title = f"{self.config.world}, {stage}: Eq. 2 loss ({self.config.prediction_type})"
                 plot_loss_curve(self.out / LOG_NAME, self.out / CURVE_NAME, title=title)
+            if probe:
+                plot_loss_curve(self.out / PROBE_LOG_NAME, self.out / PROBE_CURVE_NAME,
+                                keys=("loss_seen", "loss_unseen"),
+                                title=f"{self.config.world}, {stage}: Eq. 2 loss at t >= T/2, pooled vs unseen")
             (self.out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
         return summary
@@ -798,6 +865,10 @@ def build_parser() -> argparse.ArgumentParser:
              "its --init model's)")
     add("--pool-size", type=int, default=None, help="pre-encoded training episodes")
     add("--pool-cache", default=None, help="safetensors file to keep the encoded pool between runs")
+    add("--fresh-per-step", type=int, default=None,
+        help="never-seen episodes written into every k group of the pool per step (default 0: a fixed pool)")
+    add("--probe-every", type=int, default=None,
+        help="steps between memorisation probes, pooled vs unseen episodes, in probe_log.csv (0: none)")
     add("--log-every", type=int, default=None)
     add("--checkpoint-every", type=int, default=None)
     add("--save-dtype", choices=("float32", "float16"), default=None, help="dtype of the final model files")
