@@ -559,7 +559,9 @@ class Trainer:
         group's size if smaller), timesteps and noise.
 
         Timesteps are spread evenly over the noisier half of the schedule, where z_t says little about z_0 and the
-        model has to take the colours from the context -- or from its memory of the pooled episodes.
+        model has to take the colours from the context -- or from its memory of the pooled episodes; a second
+        measurement at the last timestep alone scores the model's conditional mean E[z_0 | query, context], where
+        memorising showed first in the in-context diagnostics.
         """
         k = max(self.config.k_choices)
         n = min(PROBE_EPISODES, len(self.pool.groups[k]))
@@ -573,19 +575,23 @@ class Trainer:
     @torch.no_grad()
     def probe_losses(self) -> dict[str, float]:
         """Eq. 2 loss with every condition given, on the pool's first episodes of the probe's k ("seen": trained on,
-        unless refreshed away) and on episodes never trained on ("unseen"); a growing gap is memorising."""
+        unless refreshed away) and on episodes never trained on ("unseen"), at t >= T/2 and at t = T - 1 ("_T");
+        a growing gap (unseen - seen) is memorising."""
         probe, index = self.probe, self.probe["index"]
         seen = self.pool.groups[probe["k"]]
         keep = torch.zeros(len(index), dtype=torch.bool, device=self.device)
+        last = torch.full_like(probe["t"], self.schedule.num_train_timesteps - 1)
         self.denoiser.eval()  # no dropout: the probe must not draw from the training's random streams
         losses = {}
-        for name, group in (("seen", seen), ("unseen", probe["unseen"])):
-            z0, cond = group.batch(index, self.device)
-            losses[f"loss_{name}"] = diffusion_loss(self.denoiser, self.schedule, z0, cond,
-                                                    probe["t"].to(self.device), probe["noise"].to(self.device),
-                                                    keep, keep).item()
+        for suffix, t in (("", probe["t"]), ("_T", last)):
+            for name, group in (("seen", seen), ("unseen", probe["unseen"])):
+                z0, cond = group.batch(index, self.device)
+                losses[f"loss_{name}{suffix}"] = diffusion_loss(self.denoiser, self.schedule, z0, cond,
+                                                                t.to(self.device), probe["noise"].to(self.device),
+                                                                keep, keep).item()
+            losses[f"gap{suffix}"] = losses[f"loss_unseen{suffix}"] - losses[f"loss_seen{suffix}"]
         self.denoiser.train()
-        return losses | {"gap": losses["loss_unseen"] - losses["loss_seen"]}
+        return losses
 
     # -- one step ---------------------------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -705,8 +711,9 @@ class Trainer:
                 plot_loss_curve(self.out / LOG_NAME, self.out / CURVE_NAME, title=title)
             if probe:
                 plot_loss_curve(self.out / PROBE_LOG_NAME, self.out / PROBE_CURVE_NAME,
-                                keys=("loss_seen", "loss_unseen"),
-                                title=f"{self.config.world}, {stage}: Eq. 2 loss at t >= T/2, pooled vs unseen")
+                                keys=("loss_seen", "loss_unseen", "loss_seen_T", "loss_unseen_T"),
+                                title=f"{self.config.world}, {stage}: Eq. 2 loss, pooled vs unseen (t >= T/2; _T: "
+                                      "t = T - 1)")
             (self.out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
         return summary

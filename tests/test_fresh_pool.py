@@ -57,7 +57,10 @@ def test_fresh_training_resumes_on_the_same_pool_and_the_probe_logs_the_gap(part
     assert summary["fresh_episodes"] == 6 * 2 * 3  # steps x per step x k groups
     probe = read_log(tmp_path / "straight/probe_log.csv")
     assert probe["step"] == [2, 4, 6] and len(probe["loss_seen"]) == 3
-    assert all(abs(g - (u - s)) < 1e-9 for g, u, s in zip(probe["gap"], probe["loss_unseen"], probe["loss_seen"]))
+    for suffix in ("", "_T"):  # t >= T/2, and the last timestep alone (the conditional mean)
+        gaps, unseen, seen = (probe[f"{name}{suffix}"] for name in ("gap", "loss_unseen", "loss_seen"))
+        assert all(abs(g - (u - s)) < 1e-9 for g, u, s in zip(gaps, unseen, seen))
+    assert probe["loss_unseen_T"] != probe["loss_unseen"]
     assert summary["probe"]["step"] == 6 and (tmp_path / "straight/probe_loss.png").is_file()
 
     # stopped after 3 steps and resumed: the pool is rebuilt as it was at step 3, so the losses are the same
