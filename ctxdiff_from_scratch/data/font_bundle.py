@@ -86,14 +86,6 @@ def installed_versions(dpkg_info: Path) -> dict[str, str]:
     return versions
 
 
-def package_fonts(listing: Path) -> list[Path]:
-    """The font files named in a dpkg file list (``/var/lib/dpkg/info/<package>.list``)."""
-    from .fonts import FONT_SUFFIXES
-
-    paths = (Path(line.strip()) for line in listing.read_text().splitlines())
-    return sorted(p for p in paths if p.suffix.lower() in FONT_SUFFIXES and p.is_file())
-
-
 def build_bundle(dest: Path, dpkg_info: Path | None = None, font_root: Path = DEBIAN_FONT_ROOT,
                  docs: Path = DEBIAN_DOCS, common_licences: Path = COMMON_LICENCE_DIR) -> list[BundledFont]:
     """Copy the installed training-font packages into ``dest`` (fonts, licences, manifest, README); return it.
@@ -101,7 +93,7 @@ def build_bundle(dest: Path, dpkg_info: Path | None = None, font_root: Path = DE
     ``dest`` is emptied first, so the bundle holds exactly what the packages hold. The other folders are Debian's
     (dpkg's ``info/``, the fonts' root, package docs, full licence texts); tests point them at a fake system.
     """
-    from .fonts import DEBIAN_FONT_PACKAGES, DPKG_INFO, dpkg_lists
+    from .fonts import DEBIAN_FONT_PACKAGES, DPKG_INFO, dpkg_lists, package_fonts
 
     dpkg_info = dpkg_info or DPKG_INFO
     lists = dpkg_lists(dpkg_info)

@@ -66,11 +66,15 @@ def dpkg_lists(dpkg_info: Path | None = None) -> list[Path]:
                    for p in dpkg_info.glob(name)})
 
 
+def package_fonts(listing: Path) -> list[Path]:
+    """The font files named in one dpkg file list (``<package>.list``) that exist, sorted by path."""
+    paths = (Path(line.strip()) for line in listing.read_text().splitlines())
+    return sorted(p for p in paths if p.suffix.lower() in FONT_SUFFIXES and p.is_file())
+
+
 def debian_training_fonts(dpkg_info: Path | None = None) -> list[Path]:
     """The font files installed by the ``fonts-aenigma`` and ``fonts-adf-*`` packages, sorted by path."""
-    files = {Path(line.strip()) for listing in dpkg_lists(dpkg_info) for line in listing.read_text().splitlines()
-             if line.strip().lower().endswith(FONT_SUFFIXES)}
-    files = sorted(p for p in files if p.is_file())
+    files = sorted({p for listing in dpkg_lists(dpkg_info) for p in package_fonts(listing)})
     if not files:
         raise FileNotFoundError(f"the training fonts (Debian packages {', '.join(DEBIAN_FONT_PACKAGES)}) are not "
                                 f"installed: {INSTALL_HINT}.")
