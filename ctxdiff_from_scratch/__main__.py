@@ -17,6 +17,8 @@ DELEGATED = {
     "fonts": ("ctxdiff_from_scratch.data.font_bundle", "main",
               "check GlyphWorld's bundled training fonts (or rebuild them from Debian's)"),
     "colab": ("ctxdiff_from_scratch.colab", "main", "write the Colab badge and install cell into every notebook"),
+    "sd-train": ("ctxdiff_from_scratch.stable_diffusion.train", "main",
+                 "train Context Diffusion on pre-trained CLIP + Stable Diffusion + ControlNet, on a folder"),
 }
 
 

@@ -11,7 +11,8 @@ Metrics, on the **test** split of a world:
 * The trivial baseline "paint the context's mean colour" next to it: a model that only beats "none" may have learned
   nothing the mean colour does not already give (docs/experiments.md, section 16).
 * GlyphWorld: mean glyph IoU of the ink (pixels darker than 0.5: glyphs are dark on white, see ``data/glyphs.py``)
-  against the trivial baseline of returning the query glyph, drawn in the reference font.
+  against the trivial baseline of returning the query glyph, drawn in the reference font, on both test splits:
+  held-out families of the training packages, and text fonts from packages never trained on.
 * ShapesWorld forward tasks, two views of whether the context was *used*: the share of episodes in which a setting
   beats the mean-colour baseline (``wins_over_mean_colour``: an average can hide a model that loses on most
   episodes), and the MSE on the shapes' pixels alone (``shape_mse``; the mask is the target layout's shapes, which
@@ -49,6 +50,7 @@ TASK_GROUPS = {"forward": FORWARD_TASKS, "reverse": REVERSE_TASKS, "out_of_domai
 INK_THRESHOLD = 0.5  # GlyphWorld: ink is a pixel darker than this (glyphs are dark on white)
 MEAN_COLOUR = "baseline_mean_colour"
 QUERY_GLYPH = "baseline_query_glyph"
+TEXT_FONTS_ROW = "font2font_text_fonts"  # GlyphWorld's second test split: text fonts never trained on
 
 
 @dataclass
@@ -261,24 +263,30 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
 
 
 def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | None = None) -> dict:
-    """RMSE and glyph IoU on GlyphWorld fonts (``config.split``: the held-out test fonts unless chosen), against the
-    query-glyph and mean-colour baselines.
+    """RMSE and glyph IoU on GlyphWorld fonts, against the query-glyph and mean-colour baselines.
 
+    Without ``world``, on ``config.split``; the test split has two rows: ``font2font``, the held-out families of the
+    training packages (unseen designs of the kinds trained on), and ``font2font_text_fonts``, the ``test-text``
+    split's everyday text fonts from packages never trained on, where returning the query glyph is hard to beat.
     Only the settings without a prompt are run (GlyphWorld has none). Returns {"world", "split", "config",
-    "rmse": {"font2font": {column: value}}, "iou": {"font2font": {column: value}}}.
+    "rmse": {row: {column: value}}, "iou": {row: {column: value}}}.
     """
     config = with_checkpoint_guidance(pipe, config or EvalConfig())
-    world = world or GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)
-    episodes = [world.episode(seed, k=config.k) for seed in episode_seeds(config)]
-    batch = collate_episodes(episodes)
-    outputs = {QUERY_GLYPH: batch.query, MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
-    settings = _settings_of(world, config)
-    for setting in tqdm(settings, desc="eval glyphs", **({} if config.progress else {"disable": True})):
-        outputs[setting] = generate_episodes(pipe, episodes, setting, config)
+    worlds = {"font2font": world or GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)}
+    if world is None and config.split == "test":
+        worlds[TEXT_FONTS_ROW] = GlyphWorld(split="test-text", size=pipe.image_size, progress=config.progress)
+    settings = _settings_of(worlds["font2font"], config)
     columns = (*settings, QUERY_GLYPH, MEAN_COLOUR)
-    return {"world": "glyphs", "split": world.split, "config": dataclasses.asdict(config),
-            "rmse": {"font2font": {c: rmse(outputs[c], batch.target) for c in columns}},
-            "iou": {"font2font": {c: glyph_iou(outputs[c], batch.target).mean().item() for c in columns}}}
+    table: dict[str, dict[str, dict[str, float]]] = {"rmse": {}, "iou": {}}
+    for row, row_world in worlds.items():
+        episodes = [row_world.episode(seed, k=config.k) for seed in episode_seeds(config)]
+        batch = collate_episodes(episodes)
+        outputs = {QUERY_GLYPH: batch.query, MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
+        for setting in tqdm(settings, desc=f"eval glyphs ({row})", **({} if config.progress else {"disable": True})):
+            outputs[setting] = generate_episodes(pipe, episodes, setting, config)
+        table["rmse"][row] = {c: rmse(outputs[c], batch.target) for c in columns}
+        table["iou"][row] = {c: glyph_iou(outputs[c], batch.target).mean().item() for c in columns}
+    return {"world": "glyphs", "split": worlds["font2font"].split, "config": dataclasses.asdict(config), **table}
 
 
 def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1, 2, 3, 4, 5), setting: str = "C",
@@ -379,10 +387,11 @@ def main_eval(argv: list[str] | None = None) -> dict:
         world = ShapesWorld(split=config.split, size=pipe.image_size)
         results = evaluate_shapes(pipe, config, tasks=args.tasks, world=world)
     else:
-        world = GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)
-        results = evaluate_glyphs(pipe, config, world=world)
+        world = None
+        results = evaluate_glyphs(pipe, config)  # on the test split: both glyph test splits
     if args.k_shot is not None:
         task = args.k_shot_task if world_name == "shapes" else None
+        world = world or GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)
         results["k_shot"] = k_shot_scaling(pipe, world, task, ks=args.k_shot or (1, 2, 3, 4, 5), config=config)
         results["k_shot_task"] = task or "font2font"
     results["checkpoint"] = str(args.checkpoint)

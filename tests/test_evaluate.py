@@ -1,4 +1,5 @@
 """Evaluation: metrics and baselines on hand-made cases, the four settings on a tiny model, and the two commands."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -9,8 +10,8 @@ import torch
 from PIL import Image
 
 from ctxdiff_from_scratch.data import GlyphWorld, ShapesWorld, collate_episodes
-from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, EvalConfig, evaluate_glyphs,
-                                           evaluate_shapes, format_table, glyph_iou, ink, k_shot_scaling,
+from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, TEXT_FONTS_ROW, EvalConfig,
+                                           evaluate_glyphs, evaluate_shapes, format_table, glyph_iou, ink, k_shot_scaling,
                                            main_eval, main_sample, mean_colour_baseline, per_image_mse, rmse,
                                            shape_masks, shape_pixel_errors)
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
@@ -132,7 +133,18 @@ def test_evaluate_glyphs_runs_the_settings_without_prompt_and_both_baselines():
     batch = collate_episodes([world.episode(seed, k=TINY.k) for seed in range(TINY.episodes)])
     expected = glyph_iou(batch.query, batch.target).mean().item()
     assert results["iou"]["font2font"][QUERY_GLYPH] == pytest.approx(expected)
-    assert "glyph IoU" in format_table(results)
+    assert "glyph IoU" in format_table(results) and TEXT_FONTS_ROW not in results["iou"]
+
+
+def test_evaluate_glyphs_on_the_test_split_reports_both_glyph_test_splits():
+    glyph_pipe = ContextDiffusionPipeline(tiny_model(prompts=False))
+    results = evaluate_glyphs(glyph_pipe, dataclasses.replace(TINY, settings=("C",)))
+    assert list(results["iou"]) == ["font2font", TEXT_FONTS_ROW] == list(results["rmse"])
+    text_world = GlyphWorld(split="test-text", size=SIZE, progress=False)
+    batch = collate_episodes([text_world.episode(seed, k=TINY.k) for seed in range(TINY.episodes)])
+    expected = glyph_iou(batch.query, batch.target).mean().item()
+    assert results["iou"][TEXT_FONTS_ROW][QUERY_GLYPH] == pytest.approx(expected)
+    assert results["iou"]["font2font"][QUERY_GLYPH] != pytest.approx(expected), "two different splits"
 
 
 def test_k_shot_scaling(pipe):

@@ -1,5 +1,5 @@
-"""The bundled training fonts (data/fonts/): complete, licensed, identical to Debian's packages, and enough on their
-own: GlyphWorld needs no apt and no system font.
+"""The bundled fonts (data/fonts/: training; data/fonts-text-test/: the text-font test split): complete, licensed,
+identical to Debian's packages, and enough on their own: GlyphWorld needs no apt and no system font.
 """
 import shutil
 from pathlib import Path
@@ -9,31 +9,43 @@ import pytest
 
 from ctxdiff_from_scratch.__main__ import main as cli
 from ctxdiff_from_scratch.data import GlyphWorld, font_bundle, fonts
-from ctxdiff_from_scratch.data.font_bundle import BUNDLED_FONTS, build_bundle, read_manifest, sha256_of
+from ctxdiff_from_scratch.data.font_bundle import (BUNDLED_FONTS, BUNDLED_TEXT_TEST_FONTS, build_bundle, bundles,
+                                                   read_manifest, sha256_of)
 
 MPL_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
-def test_every_bundled_file_matches_the_manifest_and_has_its_licence():
-    manifest = read_manifest()
-    assert len(manifest) > 500 and [f.path for f in manifest] == sorted(f.path for f in manifest)
+@pytest.mark.parametrize("bundle", [BUNDLED_FONTS, BUNDLED_TEXT_TEST_FONTS], ids=["training", "text-test"])
+def test_every_bundled_file_matches_the_manifest_and_has_its_licence(bundle):
+    manifest = read_manifest(bundle)
+    assert len(manifest) > 30 and [f.path for f in manifest] == sorted(f.path for f in manifest)
     for font in manifest:
-        assert sha256_of(BUNDLED_FONTS / font.path) == font.sha256, font.path
-    on_disk = {p.relative_to(BUNDLED_FONTS).as_posix() for p in BUNDLED_FONTS.rglob("*")
-               if p.suffix.lower() in fonts.FONT_SUFFIXES}
+        assert sha256_of(bundle / font.path) == font.sha256, font.path
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.suffix.lower() in fonts.FONT_SUFFIXES}
     assert on_disk == {f.path for f in manifest}, "no unlisted font file in the bundle"
-    readme = (BUNDLED_FONTS / "README.md").read_text()
+    readme = (bundle / "README.md").read_text()
     for package in {f.package for f in manifest}:
-        terms = (BUNDLED_FONTS / "licences" / f"{package}.copyright").read_text()
-        assert "License:" in terms and f"`licences/{package}.copyright`" in readme
+        terms = (bundle / "licences" / f"{package}.copyright").read_text()
+        assert "Licen" in terms and f"`licences/{package}.copyright`" in readme
         for cited in font_bundle.COMMON_LICENCES.findall(terms):
-            assert (BUNDLED_FONTS / "licences" / cited).is_file(), f"{package} cites {cited}: its text must be there"
+            assert (bundle / "licences" / cited).is_file(), f"{package} cites {cited}: its text must be there"
+
+
+def test_the_text_test_packages_are_never_training_packages():
+    training = {f.package for f in read_manifest(BUNDLED_FONTS)}
+    text_test = {f.package for f in read_manifest(BUNDLED_TEXT_TEST_FONTS)}
+    assert training.isdisjoint(text_test) and len(training) > 40 and len(text_test) == 4
+    families = {bundle: {fonts.font_family(bundle / f.path) for f in read_manifest(bundle)}
+                for bundle in (BUNDLED_FONTS, BUNDLED_TEXT_TEST_FONTS)}
+    assert families[BUNDLED_FONTS].isdisjoint(families[BUNDLED_TEXT_TEST_FONTS]), "no text-test design in training"
 
 
 def test_glyph_world_uses_the_bundle_with_the_system_fonts_hidden(tmp_path, monkeypatch):
     monkeypatch.setattr(fonts, "DPKG_INFO", tmp_path)  # as on a machine where apt installed nothing
     world = GlyphWorld(split="test", size=16, charset="Ag5", progress=False)
     assert world.num_fonts > 20 and all(BUNDLED_FONTS in p.parents for p in world.font_paths)
+    text = GlyphWorld(split="test-text", size=16, charset="Ag5", progress=False)
+    assert text.num_fonts == 36 and all(BUNDLED_TEXT_TEST_FONTS in p.parents for p in text.font_paths)
 
 
 def test_a_truncated_bundle_is_an_error(tmp_path):
@@ -73,8 +85,8 @@ def test_build_bundle_copies_the_packages_fonts_licences_and_versions(tmp_path):
     info = fake_debian(tmp_path / "debian")
     share = tmp_path / "debian/usr/share"
     dest = tmp_path / "bundle"
-    entries = build_bundle(dest, info, font_root=share / "fonts", docs=share / "doc",
-                           common_licences=share / "common-licenses")
+    entries = build_bundle(dest, ("fonts-aenigma", "fonts-adf-*"), "training fonts", info, font_root=share / "fonts",
+                           docs=share / "doc", common_licences=share / "common-licenses")
     assert [(f.package, f.version, f.path) for f in entries] == [
         ("fonts-adf-gillius", "1.1-1", "truetype/adf/DejaVuSansMono.ttf"),
         ("fonts-aenigma", "1.2-1", "truetype/aenigma/DejaVuSerif.ttf"),
@@ -82,7 +94,8 @@ def test_build_bundle_copies_the_packages_fonts_licences_and_versions(tmp_path):
     assert read_manifest(dest) == entries
     assert font_bundle.bundled_font_files(dest) == [dest / f.path for f in entries]
     assert (dest / "licences/GPL-2").read_text().startswith("GNU GENERAL")
-    assert "| `fonts-aenigma` | 1.2-1 | 2 | GPL-2+:" in (dest / "README.md").read_text()
+    readme = (dest / "README.md").read_text()
+    assert readme.startswith("# GlyphWorld's training fonts") and "| `fonts-aenigma` | 1.2-1 | 2 | GPL-2+:" in readme
     # the bundle gives the same world as the "installed" packages: same files, same order, same glyphs
     bundled, installed = (GlyphWorld(fonts=folder, size=16, charset="Ag5", progress=False)
                           for folder in (dest / "truetype", share / "fonts/truetype"))
@@ -90,23 +103,31 @@ def test_build_bundle_copies_the_packages_fonts_licences_and_versions(tmp_path):
     assert (bundled._glyphs == installed._glyphs).all()
 
 
-def test_fonts_command_checks_the_bundle(capsys):
+def test_fonts_command_checks_both_bundles_and_lists_their_packages(capsys):
     cli(["fonts"])
-    assert f"{len(read_manifest())} bundled font files" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for folder in (BUNDLED_FONTS, BUNDLED_TEXT_TEST_FONTS):
+        assert f"{len(read_manifest(folder))} bundled font files in {folder}, all matching" in out
+    cli(["fonts", "--packages"])
+    listed = capsys.readouterr().out.split()
+    assert listed == [*fonts.TRAINING_FONT_PACKAGES, *fonts.TEXT_TEST_FONT_PACKAGES] and "fonts-adf-*" in listed
 
 
-def installed_packages():
+def installed_fonts(packages: tuple[str, ...]) -> list[Path]:
     try:
-        return fonts.debian_training_fonts(Path("/var/lib/dpkg/info"))
+        return fonts.debian_fonts(packages, Path("/var/lib/dpkg/info"))
     except FileNotFoundError:
         return []
 
 
-@pytest.mark.skipif(not installed_packages(), reason="compares the bundle with an apt install of fonts-aenigma and "
-                    "fonts-adf-* (CI installs them for this test)")
-def test_bundle_is_identical_to_the_installed_debian_packages():
-    installed = installed_packages()
-    manifest = read_manifest()
+@pytest.mark.parametrize("purpose", list(bundles()))
+def test_bundle_is_identical_to_the_installed_debian_packages(purpose):
+    folder, packages = bundles()[purpose]
+    installed = installed_fonts(packages)
+    if not installed:
+        pytest.skip(f"compares the {purpose} bundle with an apt install of its packages (CI installs them: "
+                    "`apt-get install $(python -m ctxdiff_from_scratch fonts --packages)`)")
+    manifest = read_manifest(folder)
     assert [p.relative_to(font_bundle.DEBIAN_FONT_ROOT).as_posix() for p in installed] == [f.path for f in manifest]
     assert [sha256_of(p) for p in installed] == [f.sha256 for f in manifest]
     versions = font_bundle.installed_versions(Path("/var/lib/dpkg/info"))

@@ -1,11 +1,13 @@
-"""The bundled copy of GlyphWorld's training fonts: Debian's font files, shipped in ``data/fonts/`` with their licences.
+"""The bundled copies of GlyphWorld's fonts: Debian's font files, shipped in ``data/`` with their licences.
 
-GlyphWorld trains on the fonts of Debian's ``fonts-aenigma`` and ``fonts-adf-*`` packages. Installing those needs
-root (apt), so the repository carries a copy of exactly those files, at pinned package versions, so that a fresh
-clone on any machine (no root, no Debian, Colab) sees the same fonts, the same train/test family split and therefore
-the same episodes that the shipped glyph model was trained and measured on.
+GlyphWorld trains on the fonts of the Debian packages in ``fonts.TRAINING_FONT_PACKAGES`` and keeps a second test
+split of text fonts from ``fonts.TEXT_TEST_FONT_PACKAGES``. Installing those needs root (apt), so the repository
+carries a copy of exactly those files, at pinned package versions, in two bundles -- ``data/fonts/`` (training, and
+its held-out ``test`` families) and ``data/fonts-text-test/`` -- so that a fresh clone on any machine (no root, no
+Debian, Colab) sees the same fonts, the same splits and therefore the same episodes that the shipped glyph model was
+trained and measured on.
 
-Layout of the bundle (``data/fonts/``)::
+Layout of a bundle::
 
     README.md                    what the bundle is, its packages and their licences
     MANIFEST.tsv                 package, version, path, bytes, sha256: one line per font file
@@ -14,8 +16,8 @@ Layout of the bundle (``data/fonts/``)::
     truetype/adf/*.otf ...       the font files, at their paths under /usr/share/fonts/
 
 Keeping Debian's folder layout keeps the file order and the folders that :func:`fonts.held_out_families` splits
-within, so the bundle and an apt install give identical worlds. ``python -m ctxdiff_from_scratch fonts --bundle``
-(maintainers only) rebuilds the bundle from the installed packages.
+within, so a bundle and an apt install give identical worlds. ``python -m ctxdiff_from_scratch fonts --bundle``
+(maintainers only) rebuilds both bundles from the installed packages.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_FONTS = Path(__file__).resolve().parents[2] / "data" / "fonts"
+BUNDLED_TEXT_TEST_FONTS = BUNDLED_FONTS.parent / "fonts-text-test"
 MANIFEST = "MANIFEST.tsv"
 MANIFEST_HEADER = ("package", "version", "path", "bytes", "sha256")
 DEBIAN_FONT_ROOT = Path("/usr/share/fonts")  # bundle paths are relative to it
@@ -86,20 +89,22 @@ def installed_versions(dpkg_info: Path) -> dict[str, str]:
     return versions
 
 
-def build_bundle(dest: Path, dpkg_info: Path | None = None, font_root: Path = DEBIAN_FONT_ROOT,
-                 docs: Path = DEBIAN_DOCS, common_licences: Path = COMMON_LICENCE_DIR) -> list[BundledFont]:
-    """Copy the installed training-font packages into ``dest`` (fonts, licences, manifest, README); return it.
+def build_bundle(dest: Path, packages: tuple[str, ...], purpose: str, dpkg_info: Path | None = None,
+                 font_root: Path = DEBIAN_FONT_ROOT, docs: Path = DEBIAN_DOCS,
+                 common_licences: Path = COMMON_LICENCE_DIR) -> list[BundledFont]:
+    """Copy the installed font ``packages`` into ``dest`` (fonts, licences, manifest, README); return the manifest.
 
-    ``dest`` is emptied first, so the bundle holds exactly what the packages hold. The other folders are Debian's
-    (dpkg's ``info/``, the fonts' root, package docs, full licence texts); tests point them at a fake system.
+    ``purpose`` titles the README (e.g. "training fonts"). ``dest`` is emptied first, so the bundle holds exactly what
+    the packages hold. The other folders are Debian's (dpkg's ``info/``, the fonts' root, package docs, full licence
+    texts); tests point them at a fake system.
     """
-    from .fonts import DEBIAN_FONT_PACKAGES, DPKG_INFO, dpkg_lists, package_fonts
+    from .fonts import DPKG_INFO, dpkg_lists, package_fonts
 
     dpkg_info = dpkg_info or DPKG_INFO
-    lists = dpkg_lists(dpkg_info)
+    lists = dpkg_lists(packages, dpkg_info)
     if not lists:
-        raise FileNotFoundError(f"none of the Debian packages {', '.join(DEBIAN_FONT_PACKAGES)} is installed; "
-                                "install them with `sudo apt-get install fonts-aenigma 'fonts-adf-*'` first.")
+        raise FileNotFoundError(f"none of the Debian packages {', '.join(packages)} is installed; install them with "
+                                "`sudo apt-get install` first.")
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "licences").mkdir(parents=True)
@@ -111,8 +116,10 @@ def build_bundle(dest: Path, dpkg_info: Path | None = None, font_root: Path = DE
         copyright_text = (docs / package / "copyright").read_text()
         (dest / "licences" / f"{package}.copyright").write_text(copyright_text)
         cited |= set(COMMON_LICENCES.findall(copyright_text))
-        # the fonts' own terms: the first "License:" field, which belongs to the "Files: *" paragraph
-        licence_of[package] = re.search(r"^License: *(\S+)", copyright_text, re.MULTILINE).group(1)
+        # the fonts' own terms: the first "License:" field, which belongs to the "Files: *" paragraph (older,
+        # free-form copyright files have none: their text says it)
+        field = re.search(r"^License: *(\S+)", copyright_text, re.MULTILINE)
+        licence_of[package] = field.group(1) if field else "free-form, see"
         for source in package_fonts(listing):
             relative = source.relative_to(font_root)
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -125,18 +132,19 @@ def build_bundle(dest: Path, dpkg_info: Path | None = None, font_root: Path = DE
     rows = ["\t".join(MANIFEST_HEADER)] + ["\t".join((f.package, f.version, f.path, str(f.size), f.sha256))
                                            for f in entries]
     (dest / MANIFEST).write_text("\n".join(rows) + "\n")
-    (dest / "README.md").write_text(bundle_readme(entries, licence_of, sorted(cited)))
+    (dest / "README.md").write_text(bundle_readme(entries, licence_of, sorted(cited), purpose))
     return entries
 
 
-def bundle_readme(entries: list[BundledFont], licence_of: dict[str, str], full_texts: list[str]) -> str:
+def bundle_readme(entries: list[BundledFont], licence_of: dict[str, str], full_texts: list[str], purpose: str
+                  ) -> str:
     """The bundle's README: where the files come from and under which terms they are redistributed."""
     counts: dict[tuple[str, str], int] = {}
     for font in entries:
         counts[font.package, font.version] = counts.get((font.package, font.version), 0) + 1
     rows = "\n".join(f"| `{package}` | {version} | {n} | {licence_of[package]}: `licences/{package}.copyright` |"
                       for (package, version), n in sorted(counts.items()))
-    return f"""# GlyphWorld's training fonts (bundled)
+    return f"""# GlyphWorld's {purpose} (bundled)
 
 Unmodified copies of the font files of these Debian packages, at the paths they install under `/usr/share/fonts/`,
 so that GlyphWorld works on any machine without apt (see `ctxdiff_from_scratch/data/font_bundle.py`). Each package
@@ -148,25 +156,45 @@ repository is under its own licence.
 |---|---|---|---|
 {rows}
 
-`MANIFEST.tsv` lists every file with its size and SHA-256. `python -m ctxdiff_from_scratch fonts` checks the bundle;
-`python -m ctxdiff_from_scratch fonts --bundle` rebuilds it from the installed packages (maintainers).
+`MANIFEST.tsv` lists every file with its size and SHA-256. `python -m ctxdiff_from_scratch fonts` checks the bundles;
+`python -m ctxdiff_from_scratch fonts --bundle` rebuilds them from the installed packages (maintainers).
 """
+
+
+def bundles() -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """purpose -> (bundle folder, Debian packages) of both bundles."""
+    from .fonts import TEXT_TEST_FONT_PACKAGES, TRAINING_FONT_PACKAGES
+
+    return {"training fonts": (BUNDLED_FONTS, TRAINING_FONT_PACKAGES),
+            "text-font test split": (BUNDLED_TEXT_TEST_FONTS, TEXT_TEST_FONT_PACKAGES)}
+
+
+def check_bundle(bundle: Path) -> str:
+    """A one-line report on a bundle; SystemExit when a file differs from its manifest line."""
+    files = bundled_font_files(bundle)
+    corrupt = [f.path for f in read_manifest(bundle) if sha256_of(bundle / f.path) != f.sha256]
+    if corrupt:
+        raise SystemExit(f"{len(corrupt)} bundled fonts in {bundle} differ from the manifest (first: {corrupt[0]}).")
+    return f"{len(files)} bundled font files in {bundle}, all matching the manifest."
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ctxdiff_from_scratch fonts",
-                                     description="Check the bundled training fonts, or rebuild them from Debian's.")
-    parser.add_argument("--bundle", action="store_true",
-                        help="rebuild the bundle from the installed Debian packages (maintainers)")
-    parser.add_argument("--dest", type=Path, default=BUNDLED_FONTS, help="bundle folder (default: %(default)s)")
+                                     description="Check the bundled fonts (training; text-font test split), list "
+                                                 "their Debian packages, or rebuild them from Debian's.")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--bundle", action="store_true",
+                        help="rebuild both bundles from the installed Debian packages (maintainers)")
+    action.add_argument("--packages", action="store_true",
+                        help="print both bundles' Debian packages (or apt patterns), one per line, for `apt-get install`")
     args = parser.parse_args(argv)
-    if args.bundle:
-        entries = build_bundle(args.dest)
-        packages = sorted({f"{f.package} {f.version}" for f in entries})
-        print(f"bundled {len(entries)} font files of {len(packages)} packages into {args.dest}:", *packages, sep="\n  ")
+    if args.packages:
+        print(*(package for _, packages in bundles().values() for package in packages), sep="\n")
         return
-    files = bundled_font_files(args.dest)
-    corrupt = [f.path for f in read_manifest(args.dest) if sha256_of(args.dest / f.path) != f.sha256]
-    if corrupt:
-        raise SystemExit(f"{len(corrupt)} bundled fonts differ from the manifest (first: {corrupt[0]}).")
-    print(f"{len(files)} bundled font files in {args.dest}, all matching the manifest.")
+    for purpose, (folder, packages) in bundles().items():
+        if args.bundle:
+            entries = build_bundle(folder, packages, purpose)
+            names = sorted({f"{f.package} {f.version}" for f in entries})
+            print(f"bundled {len(entries)} font files of {len(names)} packages into {folder}:", *names, sep="\n  ")
+        else:
+            print(check_bundle(folder))

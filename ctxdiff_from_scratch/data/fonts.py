@@ -2,11 +2,16 @@
 
 Which fonts may be used for what:
 
-* **Training** uses only the fonts of Debian's ``fonts-aenigma`` and ``fonts-adf-*`` packages
-  (:func:`training_fonts`): the copy bundled in ``data/fonts/`` (:mod:`.font_bundle`; no apt needed), or, where the
-  bundle is absent (a wheel install), the installed packages found through dpkg's own file lists
-  (``/var/lib/dpkg/info/<package>.list``), so a font installed by anything else is never picked up. Their families are
-  split 90/10 into ``train`` and ``test`` (see :func:`held_out_families`).
+* **Training** uses only the fonts of the Debian packages in ``TRAINING_FONT_PACKAGES`` (:func:`training_fonts`):
+  ``fonts-aenigma``'s display faces, the ``fonts-adf-*`` book faces, and about thirty packages of text faces (serif,
+  sans, monospace, handwriting). They come from the copy bundled in ``data/fonts/`` (:mod:`.font_bundle`; no apt
+  needed), or, where the bundle is absent (a wheel install), from the installed packages found through dpkg's own file
+  lists (``/var/lib/dpkg/info/<package>.list``), so a font installed by anything else is never picked up. Their
+  families are split 90/10 into ``train`` and ``test`` (see :func:`held_out_families`).
+* The **text-font test split** (:func:`text_test_fonts`, ``GlyphWorld(split="test-text")``): the packages in
+  ``TEXT_TEST_FONT_PACKAGES`` (Liberation, Go, Carlito, Caladea: everyday text faces), never trained on, bundled in
+  ``data/fonts-text-test/``. The ``test`` split's families are unseen designs from the training packages' kinds; this
+  one measures plain text fonts from elsewhere, where "return the query glyph" is a strong baseline.
 * The **reference font** (DejaVu Sans, shipped inside matplotlib) draws the query glyphs of every episode.
 * **Every other font is reserved for evaluation**: pass it explicitly with ``GlyphWorld(fonts=PATH)``.
 
@@ -36,7 +41,22 @@ GLYPH_FILL = 0.8  # the font's tallest extent (or widest glyph) spans 80% of the
 TEST_FAMILY_FRACTION = 0.1  # share of Debian font families held out as the test split
 MIN_RECOGNISED = 0.15  # below this share of recognisable glyphs a font counts as symbols (chance is 5/62 = 0.08)
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc")
-DEBIAN_FONT_PACKAGES = ("fonts-aenigma", "fonts-adf-*")
+TRAINING_FONT_PACKAGES = (
+    "fonts-aenigma", "fonts-adf-*",  # display faces; book faces
+    # text faces, serif
+    "fonts-ebgaramond", "fonts-gfs-didot", "fonts-oldstandard", "fonts-quattrocento", "fonts-sil-gentium",
+    "fonts-levien-museum",
+    # sans serif
+    "fonts-cantarell", "fonts-comfortaa", "fonts-jura", "fonts-league-spartan", "fonts-yanone-kaffeesatz",
+    "fonts-averia-gwf", "fonts-averia-sans-gwf", "fonts-averia-serif-gwf", "fonts-arkpandora", "fonts-okolaks",
+    "fonts-beteckna",
+    # monospace
+    "fonts-inconsolata", "fonts-mononoki", "fonts-anonymous-pro",
+    # handwriting
+    "fonts-dancingscript", "fonts-breip", "fonts-femkeklaver", "fonts-dkg-handwriting", "fonts-isabella",
+    "fonts-kristi", "fonts-humor-sans", "fonts-rufscript", "fonts-staypuft", "fonts-tomsontalks",
+)
+TEXT_TEST_FONT_PACKAGES = ("fonts-liberation", "fonts-go", "fonts-crosextra-carlito", "fonts-crosextra-caladea")
 # dpkg's file lists; CTXDIFF_DPKG_INFO points elsewhere, e.g. at an empty folder to hide the system's fonts.
 DPKG_INFO = Path(os.environ.get("CTXDIFF_DPKG_INFO", "/var/lib/dpkg/info"))
 # A private-use code point in the last Unicode plane: no text font maps it, so it draws the font's ".notdef" glyph,
@@ -46,9 +66,10 @@ MISSING_CODEPOINT = "\U0010fffd"
 # but symbols for lowercase and digits, which the glyph check below cannot tell from a fancy display font).
 SYMBOL_NAME = re.compile(r"\b(dings?|dingbats?|wingdings|webdings|symbols?|opensymbol|ornaments?|emoji|icons?|"
                          r"awesome|marlett|cmsy\d*|cmex\d*|msam\d*|msbm\d*|wasy\d*)\b", re.IGNORECASE)
-INSTALL_HINT = ("a clone of the repository carries them in data/fonts/ (`git checkout -- data/fonts` restores them); "
-                "elsewhere install them with `sudo apt-get install fonts-aenigma 'fonts-adf-*'` (Debian/Ubuntu/Colab), "
-                "or pass your own fonts with GlyphWorld(fonts=PATH)")
+INSTALL_HINT = ("a clone of the repository carries them in data/fonts/ and data/fonts-text-test/ (`git checkout -- "
+                "data/fonts data/fonts-text-test` restores them); elsewhere install the Debian packages that "
+                "`python -m ctxdiff_from_scratch fonts --packages` lists with `sudo apt-get install` (Debian/Ubuntu/"
+                "Colab), or pass your own fonts with GlyphWorld(fonts=PATH)")
 
 
 def reference_font_path() -> Path:
@@ -58,11 +79,11 @@ def reference_font_path() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
-def dpkg_lists(dpkg_info: Path | None = None) -> list[Path]:
-    """dpkg's file lists of the installed training-font packages, sorted."""
+def dpkg_lists(packages: tuple[str, ...], dpkg_info: Path | None = None) -> list[Path]:
+    """dpkg's file lists of the installed ``packages`` (names or shell patterns such as "fonts-adf-*"), sorted."""
     dpkg_info = dpkg_info or DPKG_INFO
     # "<package>.list", or "<package>:<arch>.list" on multi-arch systems
-    return sorted({p for pattern in DEBIAN_FONT_PACKAGES for name in (f"{pattern}.list", f"{pattern}:*.list")
+    return sorted({p for pattern in packages for name in (f"{pattern}.list", f"{pattern}:*.list")
                    for p in dpkg_info.glob(name)})
 
 
@@ -72,13 +93,21 @@ def package_fonts(listing: Path) -> list[Path]:
     return sorted(p for p in paths if p.suffix.lower() in FONT_SUFFIXES and p.is_file())
 
 
-def debian_training_fonts(dpkg_info: Path | None = None) -> list[Path]:
-    """The font files installed by the ``fonts-aenigma`` and ``fonts-adf-*`` packages, sorted by path."""
-    files = sorted({p for listing in dpkg_lists(dpkg_info) for p in package_fonts(listing)})
+def debian_fonts(packages: tuple[str, ...], dpkg_info: Path | None = None) -> list[Path]:
+    """The font files installed by ``packages``, sorted by path; FileNotFoundError when none is installed."""
+    files = sorted({p for listing in dpkg_lists(packages, dpkg_info) for p in package_fonts(listing)})
     if not files:
-        raise FileNotFoundError(f"the training fonts (Debian packages {', '.join(DEBIAN_FONT_PACKAGES)}) are not "
-                                f"installed: {INSTALL_HINT}.")
+        raise FileNotFoundError(f"none of the Debian font packages {', '.join(packages)} is installed: "
+                                f"{INSTALL_HINT}.")
     return files
+
+
+def _bundled_or_installed(bundle: Path, packages: tuple[str, ...]) -> list[Path]:
+    from .font_bundle import MANIFEST, bundled_font_files
+
+    if (bundle / MANIFEST).is_file():
+        return bundled_font_files(bundle)
+    return debian_fonts(packages)
 
 
 def training_fonts() -> list[Path]:
@@ -86,11 +115,16 @@ def training_fonts() -> list[Path]:
 
     Both hold the same files in the same order (a test checks it where the packages are installed).
     """
-    from .font_bundle import BUNDLED_FONTS, MANIFEST, bundled_font_files
+    from .font_bundle import BUNDLED_FONTS
 
-    if (BUNDLED_FONTS / MANIFEST).is_file():
-        return bundled_font_files(BUNDLED_FONTS)
-    return debian_training_fonts()
+    return _bundled_or_installed(BUNDLED_FONTS, TRAINING_FONT_PACKAGES)
+
+
+def text_test_fonts() -> list[Path]:
+    """The text fonts of the ``test-text`` split, never trained on: ``data/fonts-text-test/``, else installed."""
+    from .font_bundle import BUNDLED_TEXT_TEST_FONTS
+
+    return _bundled_or_installed(BUNDLED_TEXT_TEST_FONTS, TEXT_TEST_FONT_PACKAGES)
 
 
 def font_files(path: str | Path) -> list[Path]:
@@ -138,14 +172,21 @@ def split_families(keys: set[str] | list[str], test_fraction: float = TEST_FAMIL
 def held_out_families(paths: list[Path], families: list[str], test_fraction: float = TEST_FAMILY_FRACTION
                       ) -> set[str]:
     """:func:`split_families` within each folder, so every kind of font is tested (Debian installs the ADF book
-    faces and the aenigma display faces into different folders). A family belongs to the folder of its first file.
+    faces and the aenigma display faces into folders of their own). A family belongs to the folder of its first file.
+    Folders with fewer than ``1 / test_fraction`` families (most text-font packages have one folder each, with one or
+    two families) are split as one pool: one by one they would hold out none, or half of their families.
     """
     folder_of: dict[str, Path] = {}
     for path, family in sorted(zip(paths, families)):
         folder_of.setdefault(family, path.parent)
+    members: dict[Path, list[str]] = {}
+    for family, folder in folder_of.items():
+        members.setdefault(folder, []).append(family)
+    pooled = [f for group in members.values() if len(group) < 1 / test_fraction for f in group]
+    groups = [group for group in members.values() if len(group) >= 1 / test_fraction] + [pooled]
     held_out: set[str] = set()
-    for folder in set(folder_of.values()):
-        held_out |= split_families([f for f, where in folder_of.items() if where == folder], test_fraction)
+    for group in groups:
+        held_out |= split_families(group, test_fraction) if group else set()
     return held_out
 
 

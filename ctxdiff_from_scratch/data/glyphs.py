@@ -17,19 +17,21 @@ import torch
 
 from .episode import Episode
 from .fonts import (DEFAULT_CHARSET, INSTALL_HINT, font_family, font_files, held_out_families, reference_font_path,
-                    render_charset, survey_fonts, training_fonts)
+                    render_charset, survey_fonts, text_test_fonts, training_fonts)
 
-SPLITS = ("train", "test", "all")
+SPLITS = ("train", "test", "test-text", "all")
 
 
 class GlyphWorld:
     """Episodes of the ``font2font`` task over a set of fonts, every glyph rendered once and kept in memory.
 
-    split: "train" or "test" -- the 90% / 10% of font *families* (:func:`fonts.held_out_families`); "all" -- every
-        font. Default: "train" for the Debian fonts, "all" for ``fonts=PATH``.
+    split: "train" or "test" -- the 90% / 10% of the training packages' font *families*
+        (:func:`fonts.held_out_families`); "test-text" -- the text fonts of ``fonts.TEXT_TEST_FONT_PACKAGES``, never
+        trained on (``fonts`` must be None); "all" -- every font. Default: "train" for the Debian fonts, "all" for
+        ``fonts=PATH``.
     size: image side in pixels.
-    fonts: None -- the Debian training fonts (fonts-aenigma, fonts-adf-*; bundled in data/fonts/); a font file or a
-        folder of fonts -- any fonts, e.g. for evaluation on fonts never used in training.
+    fonts: None -- the Debian fonts of the split (bundled in data/fonts/ and data/fonts-text-test/); a font file or
+        a folder of fonts -- any fonts, e.g. for evaluation on fonts never used in training.
     charset: the characters drawn (default A-Z a-z 0-9). Fonts lacking any of them are dropped.
     progress: show a progress bar while rendering (20-50 ms per font: the 564 training files take about 25 s).
 
@@ -46,15 +48,17 @@ class GlyphWorld:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
         if len(set(charset)) != len(charset) or len(charset) < 2:
             raise ValueError(f"charset needs at least 2 distinct characters, each once; got {charset!r}.")
+        if split == "test-text" and fonts is not None:
+            raise ValueError("split='test-text' is the bundled text-font test split; with fonts=PATH use split='all'.")
         if fonts is None:
             try:
-                paths = training_fonts()
+                paths = text_test_fonts() if split == "test-text" else training_fonts()
             except FileNotFoundError as error:
-                raise FileNotFoundError(f"GlyphWorld(split={split!r}) needs the Debian training fonts: "
-                                        f"{INSTALL_HINT}.") from error
+                raise FileNotFoundError(f"GlyphWorld(split={split!r}) needs the Debian fonts: {INSTALL_HINT}."
+                                        ) from error
         else:
             paths = font_files(fonts)
-        if split != "all":
+        if split in ("train", "test"):
             families = [font_family(p) for p in paths]
             held_out = held_out_families(paths, families)
             paths = [p for p, f in zip(paths, families) if (f in held_out) == (split == "test")]
@@ -65,7 +69,8 @@ class GlyphWorld:
         self._glyphs = survey.glyphs  # (F, C, S, S) uint8
         self.font_paths, self.font_names, self.families = survey.paths, survey.names, survey.families
         self.dropped = survey.dropped
-        source = "Debian training fonts" if fonts is None else str(fonts)
+        source = str(fonts) if fonts is not None else ("Debian text fonts never trained on" if split == "test-text"
+                                                        else "Debian training fonts")
         self.report = f"GlyphWorld(split={split!r}, {source}): {survey.summary()}"
         if self.num_fonts == 0:
             raise ValueError(f"no usable fonts left: {self.report}. Pass a folder with ordinary text fonts.")
