@@ -2,17 +2,21 @@
 
 The forward tasks' error with context is mostly on the shapes (docs/experiments.md, section 14). This
 script splits it. For each forward-task test episode it generates the target (k = 3, DDIM 25, the checkpoint's
-guidance) in the chosen settings, and for every target shape with at least ``MIN_PIXELS`` visible pixels compares the
-mean colour of the generated shape with the ground truth's mean colours of the shapes in the same image:
+guidance) in the chosen settings, and for every target shape with at least ``evaluate.MIN_SHAPE_PIXELS`` visible
+pixels compares the mean colour of the generated shape with the ground truth's mean colours of the shapes in the same
+image:
 
 * **bound**: the generated mean colour is nearest the shape's own ground-truth colour; **swapped**: it is nearer the
   colour of another shape of another class (only shapes whose image holds such a shape, coloured at least
-  ``MIN_COLOUR_GAP`` apart, are counted). **Chance** is the score of picking one of the image's shape colours at random.
+  ``evaluate.MIN_COLOUR_GAP`` apart, are counted). **Chance** is the score of picking one of the image's shape
+  colours at random.
 * the squared error split into background pixels, the shapes' mean-colour error and what is left inside the shapes
   (textures, outlines), each as a share of the per-pixel MSE of the whole image.
 
 A model can learn the palette from the context (the mean-colour distance falls) without learning which shape wears
-which colour (the bound share stays near chance); measured figures: docs/experiments.md, section 14.
+which colour (the bound share stays near chance); measured figures: docs/experiments.md, section 14. The scoring is
+``evaluate.shape_colour_scores``; ``eval`` reports the bound share too (``colour_binding``), this script adds the
+error split.
 
 Run: ``.venv/bin/python benchmarks/colour_binding.py --checkpoint data/checkpoints/shapes [--settings C none]``
 (5-10 s per setting on 2 threads, plus loading the pipeline).
@@ -29,45 +33,14 @@ from tqdm.auto import tqdm
 
 from ctxdiff_from_scratch import ContextDiffusionPipeline
 from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, ShapesWorld
-from ctxdiff_from_scratch.data.shapes_layout import rasterize
-from ctxdiff_from_scratch.evaluate import SETTINGS, EvalConfig, episode_seeds, generate_episodes
-
-MIN_PIXELS = 20  # smaller visible parts of a shape give a noisy mean colour
-MIN_COLOUR_GAP = 0.15  # RGB distance below which two shapes' colours count as the same
+from ctxdiff_from_scratch.evaluate import (SETTINGS, EvalConfig, episode_seeds, generate_episodes,
+                                           shape_colour_scores, target_rasters)
 
 
 def empty_scores() -> dict:
-    """What ``shape_colour_scores`` returns for an image without shapes; totals over many images start here."""
+    """Totals of ``shape_colour_scores`` over many images start here."""
     return {"bound": 0, "swapped": 0, "chance": 0.0, "distances": [], "background": 0.0, "shape_colour": 0.0,
             "within_shape": 0.0}
-
-
-def shape_colour_scores(pred: torch.Tensor, target: torch.Tensor, ids: np.ndarray, classes: np.ndarray) -> dict:
-    """Score one generated image against its target.
-
-    pred, target: (3, H, W) in [0, 1]; ids: (H, W) shape index per pixel, -1 on the background; classes: (H, W) the
-    class index per pixel. Returns counts (bound, swapped, chance: summed over the counted shapes), the mean-colour
-    distances of every shape, and the squared error summed over background, shape mean colour and within-shape pixels.
-    """
-    error = ((pred - target) ** 2).mean(dim=0).numpy()  # (3, H, W) -> (H, W)
-    masks = {j: ids == j for j in np.unique(ids[ids >= 0]) if (ids == j).sum() >= MIN_PIXELS}
-    truth = {j: target[:, torch.from_numpy(m)].mean(dim=1) for j, m in masks.items()}  # (3, H, W) -> (3, n) -> (3,)
-    cls = {j: classes[m][0] for j, m in masks.items()}
-    scores = empty_scores()
-    scores["background"] = float(error[ids < 0].sum())
-    for j, mask in masks.items():
-        made = pred[:, torch.from_numpy(mask)].mean(dim=1)
-        own = float((made - truth[j]).norm())
-        scores["distances"].append(own)
-        colour_error = float(((made - truth[j]) ** 2).mean()) * int(mask.sum())
-        scores["shape_colour"] += colour_error
-        scores["within_shape"] += float(error[mask].sum()) - colour_error
-        rivals = [o for o in masks if cls[o] != cls[j] and float((truth[o] - truth[j]).norm()) > MIN_COLOUR_GAP]
-        if rivals:
-            nearest_rival = min(float((made - truth[o]).norm()) for o in rivals)
-            scores["bound" if own < nearest_rival else "swapped"] += 1
-            scores["chance"] += 1.0 / (1 + len(rivals))
-    return scores
 
 
 def measure(pipe, world: ShapesWorld, setting: str, episodes: int, progress: bool = True) -> dict:
@@ -78,8 +51,7 @@ def measure(pipe, world: ShapesWorld, setting: str, episodes: int, progress: boo
         seeds = episode_seeds(config)
         batch = [world.episode(seed, task=task) for seed in seeds]
         made = generate_episodes(pipe, batch, setting, config)  # (N, 3, H, W)
-        # the episodes carry no raster: draw each target layout again (cheap) and rasterise it for its shape ids
-        rasters = [rasterize(world.episode_spec(seed, task=task).target_layout, world.size) for seed in seeds]
+        rasters = target_rasters(world, seeds, task, config.k)
         for pred, episode, raster in zip(made, batch, rasters):
             for key, value in shape_colour_scores(pred, episode.target, raster.ids, raster.classes).items():
                 totals[key] = totals[key] + value

@@ -18,7 +18,10 @@ Metrics, on the **test** split of a world:
   episodes), and the MSE on the shapes' pixels alone (``shape_mse``; the mask is the target layout's shapes, which
   seg2img's query shows), where a model must paint each shape in its own colour from the context rather than
   the background that dominates the whole-image RMSE.
+* ShapesWorld forward tasks, colour binding (``colour_binding``): the share of shapes whose generated mean colour is
+  nearest their own colour rather than another shape's in the same image (the palette alone does not give it).
 * ``k_shot_scaling``: RMSE as the number of context images k grows.
+* ``goal_rows``: the in-context goals of the project (one line each, measured value against its target).
 
 Every setting sees the same episodes and, batch by batch, the same starting noise, so the settings are compared on
 paired samples. Results are plain dicts (JSON-ready) and ``format_table`` prints them. Sampling settings (e.g. the
@@ -51,6 +54,8 @@ INK_THRESHOLD = 0.5  # GlyphWorld: ink is a pixel darker than this (glyphs are d
 MEAN_COLOUR = "baseline_mean_colour"
 QUERY_GLYPH = "baseline_query_glyph"
 TEXT_FONTS_ROW = "font2font_text_fonts"  # GlyphWorld's second test split: text fonts never trained on
+MIN_SHAPE_PIXELS = 20  # colour binding: smaller visible parts of a shape give a noisy mean colour
+MIN_COLOUR_GAP = 0.15  # colour binding: RGB distance below which two shapes' colours count as the same
 
 
 @dataclass
@@ -155,10 +160,60 @@ def shape_pixel_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     return (squared * mask).flatten(1).sum(dim=1), 3 * mask.flatten(1).sum(dim=1)  # (B, H, W) -> (B,)
 
 
+def target_rasters(world: ShapesWorld, seeds: Sequence[int], task: str, k: int) -> list:
+    """The rasterised target layout of each episode (shape ids and classes per pixel; episodes carry no raster)."""
+    return [rasterize(world.episode_spec(seed, task=task, k=k).target_layout, world.size) for seed in seeds]
+
+
 def shape_masks(world: ShapesWorld, seeds: Sequence[int], task: str, k: int) -> torch.Tensor:
     """(N, H, W) bool: the pixels of each episode's target that belong to a shape (the target layout's classes)."""
-    layouts = [world.episode_spec(seed, task=task, k=k).target_layout for seed in seeds]
-    return torch.from_numpy(np.stack([rasterize(layout, world.size).classes >= 0 for layout in layouts]))
+    return torch.from_numpy(np.stack([r.classes >= 0 for r in target_rasters(world, seeds, task, k)]))
+
+
+def shape_colour_scores(pred: torch.Tensor, target: torch.Tensor, ids: np.ndarray, classes: np.ndarray) -> dict:
+    """Does each generated shape wear *its own* colour, or another shape's? One image against its target.
+
+    For every target shape with at least MIN_SHAPE_PIXELS visible pixels, the generated mean colour is compared with
+    the true mean colours of the shapes in the same image: **bound** when it is nearest the shape's own, **swapped**
+    when it is nearer a shape of another class whose colour differs by more than MIN_COLOUR_GAP (shapes without
+    such a rival are not counted). **chance** sums 1 / (1 + rivals): the score of picking one of the candidate
+    colours at random. The squared error is split into background, the shapes' mean-colour error and what is left
+    within the shapes (texture, outline).
+
+    pred, target: (3, H, W) in [0, 1]; ids: (H, W) shape index per pixel, -1 on the background; classes: (H, W).
+    Returns {"bound", "swapped", "chance", "distances": [own-colour distance per shape], "background",
+    "shape_colour", "within_shape"}: counts and sums, to be totalled over many images.
+    """
+    error = ((pred - target) ** 2).mean(dim=0).numpy()  # (3, H, W) -> (H, W)
+    masks = {j: ids == j for j in np.unique(ids[ids >= 0]) if (ids == j).sum() >= MIN_SHAPE_PIXELS}
+    truth = {j: target[:, torch.from_numpy(m)].mean(dim=1) for j, m in masks.items()}  # (3, H, W) -> (3, n) -> (3,)
+    cls = {j: classes[m][0] for j, m in masks.items()}
+    scores = {"bound": 0, "swapped": 0, "chance": 0.0, "distances": [], "background": float(error[ids < 0].sum()),
+              "shape_colour": 0.0, "within_shape": 0.0}
+    for j, mask in masks.items():
+        made = pred[:, torch.from_numpy(mask)].mean(dim=1)
+        own = float((made - truth[j]).norm())
+        scores["distances"].append(own)
+        colour_error = float(((made - truth[j]) ** 2).mean()) * int(mask.sum())
+        scores["shape_colour"] += colour_error
+        scores["within_shape"] += float(error[mask].sum()) - colour_error
+        rivals = [o for o in masks if cls[o] != cls[j] and float((truth[o] - truth[j]).norm()) > MIN_COLOUR_GAP]
+        if rivals:
+            nearest_rival = min(float((made - truth[o]).norm()) for o in rivals)
+            scores["bound" if own < nearest_rival else "swapped"] += 1
+            scores["chance"] += 1.0 / (1 + len(rivals))
+    return scores
+
+
+def colour_binding(preds: torch.Tensor, targets: torch.Tensor, rasters: Sequence) -> tuple[int, int, float]:
+    """(bound, counted, chance sum) of :func:`shape_colour_scores` over a batch (N, 3, H, W) and its rasters."""
+    bound = counted = 0
+    chance = 0.0
+    for pred, target, raster in zip(preds, targets, rasters):
+        scores = shape_colour_scores(pred, target, raster.ids, raster.classes)
+        bound, counted = bound + scores["bound"], counted + scores["bound"] + scores["swapped"]
+        chance += scores["chance"]
+    return bound, counted, chance
 
 
 def ink(images: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
@@ -214,10 +269,12 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
     shape-pixel MSE.
 
     Returns {"world", "split", "config", "rmse": {row: {column: value}}, "wins_over_mean_colour": {row: {setting:
-    share}}, "shape_mse": {row: {column: value}}, "context_gain_forward"}: rows are the tasks and the groups forward /
-    reverse / out_of_domain (pooled over their images; the last two tables have forward rows only); columns the
-    settings and the baseline. ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks (when both
-    were run).
+    share}}, "shape_mse": {row: {column: value}}, "colour_binding": {row: {setting or "chance": share}},
+    "context_gain_forward", "context_to_none": {row: ratio}}: rows are the tasks and the groups forward / reverse /
+    out_of_domain (pooled over their images; all tables but "rmse" have forward rows only); columns the settings and
+    the baseline. ``colour_binding`` is the share of shapes painted nearest their own colour
+    (:func:`shape_colour_scores`). ``context_gain_forward`` = 1 - RMSE(C) / RMSE(none) on the forward tasks and
+    ``context_to_none`` = RMSE(C) / RMSE(none) per forward row (when both were run).
     """
     config = with_checkpoint_guidance(pipe, config or EvalConfig())
     world = world or ShapesWorld(split=config.split, size=pipe.image_size)
@@ -225,6 +282,7 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
     columns = (*config.settings, MEAN_COLOUR)
     mses: dict[str, dict[str, torch.Tensor]] = {}
     shape_errors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    bindings: dict[str, dict[str, tuple[int, int, float]]] = {}
     runs = [(task, setting) for task in tasks for setting in config.settings]
     bar = tqdm(total=len(runs), desc="eval shapes", **({} if config.progress else {"disable": True}))
     for task in tasks:
@@ -238,8 +296,10 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
             bar.update()
         mses[task] = {c: per_image_mse(outputs[c], batch.target) for c in columns}
         if task in FORWARD_TASKS:
-            mask = shape_masks(world, seeds, task, config.k)
+            rasters = target_rasters(world, seeds, task, config.k)
+            mask = torch.from_numpy(np.stack([r.classes >= 0 for r in rasters]))  # (N, H, W): the shapes' pixels
             shape_errors[task] = {c: shape_pixel_errors(outputs[c], batch.target, mask) for c in columns}
+            bindings[task] = {s: colour_binding(outputs[s], batch.target, rasters) for s in config.settings}
     bar.close()
     forward = [t for t in FORWARD_TASKS if t in tasks]
     table = {task: {c: _pooled_rmse([mses[task][c]]) for c in columns} for task in tasks}
@@ -255,10 +315,18 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
     shape_mse = {row: {c: (sum(shape_errors[t][c][0].sum() for t in members)
                            / sum(shape_errors[t][c][1].sum() for t in members)).item() for c in columns}
                  for row, members in rows.items()}
+    # share of counted shapes painted nearest their own colour; chance: picking a candidate colour at random
+    binding = {row: {s: sum(bindings[t][s][0] for t in members) / max(1, sum(bindings[t][s][1] for t in members))
+                     for s in config.settings} for row, members in rows.items()}
+    for row, members in rows.items():
+        counted = sum(bindings[t][config.settings[0]][1] for t in members)
+        binding[row]["chance"] = sum(bindings[t][config.settings[0]][2] for t in members) / max(1, counted)
     results = {"world": "shapes", "split": world.split, "config": dataclasses.asdict(config), "rmse": table,
-               "wins_over_mean_colour": wins, "shape_mse": shape_mse}
+               "wins_over_mean_colour": wins, "shape_mse": shape_mse, "colour_binding": binding}
     if "forward" in table and {"C", "none"} <= set(config.settings):
         results["context_gain_forward"] = 1.0 - table["forward"]["C"] / table["forward"]["none"]
+        # RMSE with context / with nothing, per forward task
+        results["context_to_none"] = {row: table[row]["C"] / table[row]["none"] for row in rows}
     return results
 
 
@@ -302,10 +370,54 @@ def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1,
     return scores
 
 
+def goal_rows(results: dict) -> list[dict]:
+    """The in-context goals of the project, read off an ``evaluate_*`` result: one dict per goal with "goal",
+    "value", "target", "met" (None when the result lacks what the goal needs, e.g. ``--k-shot 1 3``) and "signed"
+    (the value is a difference)."""
+    rows = []
+
+    def add(goal: str, value: float | None, target: str, met: bool | None, signed: bool = False) -> None:
+        rows.append({"goal": goal, "value": value, "target": target, "met": met, "signed": signed})
+
+    if results["world"] == "shapes":
+        for task, ratio in results.get("context_to_none", {}).items():
+            add(f"{task}: RMSE with context / with nothing", ratio, "<= 0.50", ratio <= 0.50)
+        for task, wins in results.get("wins_over_mean_colour", {}).items():
+            if "C" in wins:
+                add(f"{task}: share of episodes where C beats the mean colour", wins["C"], ">= 0.95", wins["C"] >= 0.95)
+        seg = results.get("shape_mse", {}).get("seg2img", {}).get("C")
+        if seg is not None:
+            add("seg2img: MSE on the shapes' pixels, C", seg, "<= 0.05", seg <= 0.05)
+        bound = results.get("colour_binding", {}).get("forward", {}).get("C")
+        if bound is not None:
+            add("forward: share of shapes in their own colour, C", bound, ">= 0.75", bound >= 0.75)
+        for task in ("sketch2img", "scribble2img"):
+            rmse_row = results["rmse"].get(task, {})
+            if "C" in rmse_row:
+                margin = rmse_row["C"] - rmse_row[MEAN_COLOUR]
+                add(f"{task}: RMSE(C) - RMSE(mean colour)", margin, "< 0", margin < 0, signed=True)
+    else:
+        iou = results["iou"]
+        if "C" in iou.get("font2font", {}):
+            add("glyph IoU, held-out families, C", iou["font2font"]["C"], ">= 0.60", iou["font2font"]["C"] >= 0.60)
+        if "C" in iou.get(TEXT_FONTS_ROW, {}):
+            gain = iou[TEXT_FONTS_ROW]["C"] - iou[TEXT_FONTS_ROW][QUERY_GLYPH]
+            add("glyph IoU - return the query glyph, text fonts never trained on", gain, ">= +0.15", gain >= 0.15,
+                signed=True)
+    k_shot = {int(k): v for k, v in results.get("k_shot", {}).items()}
+    if {1, 3} <= set(k_shot):
+        ratio = k_shot[3] / k_shot[1]
+        add(f"{results.get('k_shot_task')}: RMSE at k = 3 / at k = 1", ratio, "<= 0.90", ratio <= 0.90)
+    else:
+        add("RMSE at k = 3 / at k = 1", None, "<= 0.90 (measure with --k-shot 1 3)", None)
+    return rows
+
+
 def format_table(results: dict) -> str:
     """The metric tables of an ``evaluate_*`` result as aligned text, one table per metric."""
     titles = {"rmse": "RMSE", "iou": "glyph IoU", "shape_mse": "MSE on the shapes' pixels",
-              "wins_over_mean_colour": "share of episodes beating the mean-colour baseline"}
+              "wins_over_mean_colour": "share of episodes beating the mean-colour baseline",
+              "colour_binding": "share of shapes in their own colour"}
     lines = []
     for metric, title in titles.items():
         if not results.get(metric):
@@ -323,6 +435,14 @@ def format_table(results: dict) -> str:
                      f"{results['context_gain_forward']:.1%}")
     if "k_shot" in results:
         lines.append("RMSE vs k: " + ", ".join(f"k={k}: {v:.4f}" for k, v in results["k_shot"].items()))
+    goals = goal_rows(results)
+    if goals:
+        width = max(len(g["goal"]) for g in goals) + 2
+        lines += ["", "goals"]
+        for g in goals:
+            value = "not measured" if g["value"] is None else f"{g['value']:{'+' if g['signed'] else ''}.3f}"
+            verdict = {True: "met", False: "not met", None: ""}[g["met"]]
+            lines.append(f"  {g['goal']:<{width}}{value:>13}  target {g['target']}  {verdict}".rstrip())
     return "\n".join(lines).rstrip()
 
 
@@ -395,6 +515,7 @@ def main_eval(argv: list[str] | None = None) -> dict:
         results["k_shot"] = k_shot_scaling(pipe, world, task, ks=args.k_shot or (1, 2, 3, 4, 5), config=config)
         results["k_shot_task"] = task or "font2font"
     results["checkpoint"] = str(args.checkpoint)
+    results["goals"] = goal_rows(results)
     print(format_table(results))
     out = Path(args.out or f"outputs/eval_{world_name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,15 +5,16 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ctxdiff_from_scratch.data import GlyphWorld, ShapesWorld, collate_episodes
 from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, TEXT_FONTS_ROW, EvalConfig,
-                                           evaluate_glyphs, evaluate_shapes, format_table, glyph_iou, ink, k_shot_scaling,
-                                           main_eval, main_sample, mean_colour_baseline, per_image_mse, rmse,
-                                           shape_masks, shape_pixel_errors)
+                                           evaluate_glyphs, evaluate_shapes, format_table, glyph_iou, goal_rows, ink,
+                                           k_shot_scaling, main_eval, main_sample, mean_colour_baseline,
+                                           per_image_mse, rmse, shape_colour_scores, shape_masks, shape_pixel_errors)
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
 from tiny_model import SIZE, tiny_model
 
@@ -223,3 +224,42 @@ def test_main_sample_writes_a_png_from_files_and_from_an_episode(checkpoint, tmp
     for path in (from_files, from_episode):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > image.height
+
+
+def test_colour_binding_scores_own_swapped_and_error_split():
+    ids = np.full((16, 16), -1, dtype=np.int8)
+    ids[2:8, 2:8], ids[9:15, 9:15] = 0, 1  # two 36-pixel shapes
+    classes = np.where(ids == 1, 3, ids).astype(np.int8)  # shape 0: class 0, shape 1: class 3
+    target = torch.full((3, 16, 16), 0.9)
+    target[:, ids == 0] = torch.tensor([0.9, 0.1, 0.1])[:, None]  # red
+    target[:, ids == 1] = torch.tensor([0.1, 0.1, 0.9])[:, None]  # blue
+    exact = shape_colour_scores(target, target, ids, classes)
+    assert (exact["bound"], exact["swapped"], exact["chance"]) == (2, 0, 1.0)  # 1/2 per shape
+    assert exact["background"] == exact["shape_colour"] == 0.0 and exact["within_shape"] == pytest.approx(0.0)
+    swapped = target.clone()
+    swapped[:, ids == 0], swapped[:, ids == 1] = target[:, ids == 1], target[:, ids == 0]
+    scores = shape_colour_scores(swapped, target, ids, classes)
+    assert (scores["bound"], scores["swapped"]) == (0, 2)
+    # the whole error is the shapes' mean colour: 2 shapes x 36 pixels x mean over RGB of (0.8^2 + 0 + 0.8^2) / 3
+    assert scores["shape_colour"] == pytest.approx(72 * 2 * 0.64 / 3, rel=1e-5)
+    assert scores["within_shape"] == pytest.approx(0.0, abs=1e-4) and scores["background"] == 0.0
+
+
+def test_forward_tasks_report_colour_binding_context_ratio_and_goal_rows(pipe):
+    config = dataclasses.replace(TINY, settings=("C", "none"))
+    results = evaluate_shapes(pipe, config, tasks=["seg2img", "sketch2img"], world=ShapesWorld("test", size=SIZE))
+    binding = results["colour_binding"]
+    assert set(binding) == {"seg2img", "forward"} and set(binding["seg2img"]) == {"C", "none", "chance"}
+    assert all(0.0 <= v <= 1.0 for v in binding["seg2img"].values()) and 0.0 < binding["seg2img"]["chance"] <= 0.5
+    ratio = results["rmse"]["seg2img"]["C"] / results["rmse"]["seg2img"]["none"]
+    assert results["context_to_none"]["seg2img"] == pytest.approx(ratio)
+    goals = {g["goal"]: g for g in goal_rows(results)}
+    assert goals["seg2img: RMSE with context / with nothing"]["met"] == (ratio <= 0.5)
+    assert goals["seg2img: MSE on the shapes' pixels, C"]["value"] == results["shape_mse"]["seg2img"]["C"]
+    margin = results["rmse"]["sketch2img"]["C"] - results["rmse"]["sketch2img"][MEAN_COLOUR]
+    assert goals["sketch2img: RMSE(C) - RMSE(mean colour)"]["value"] == pytest.approx(margin)
+    assert goals["RMSE at k = 3 / at k = 1"]["met"] is None  # not measured without k-shot
+    results["k_shot"], results["k_shot_task"] = {1: 0.2, 3: 0.17}, "edge2img"
+    assert {g["goal"]: g["met"] for g in goal_rows(results)}["edge2img: RMSE at k = 3 / at k = 1"] is True
+    table = format_table(results)
+    assert "share of shapes in their own colour" in table and "goals" in table and "not measured" not in table

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     action.add_argument("--bundle", action="store_true",
                         help="rebuild both bundles from the installed Debian packages (maintainers)")
     action.add_argument("--packages", action="store_true",
-                        help="print both bundles' Debian packages (or apt patterns), one per line, for `apt-get install`")
+                        help="print both bundles' Debian packages (or apt patterns), one per line, for apt-get")
     args = parser.parse_args(argv)
     if args.packages:
         print(*(package for _, packages in bundles().values() for package in packages), sep="\n")
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.bundle:
             entries = build_bundle(folder, packages, purpose)
             names = sorted({f"{f.package} {f.version}" for f in entries})
-            print(f"bundled {len(entries)} font files of {len(names)} packages into {folder}:", *names, sep="\n  ")
+            print(f"bundled {len(entries)} font files of {len(names)} packages into {folder}:", *names,
+                  sep="\n  ")
         else:
             print(check_bundle(folder))
