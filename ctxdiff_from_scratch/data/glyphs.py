@@ -103,13 +103,9 @@ class GlyphWorld:
         """Character ``char`` in the reference font (the query of every episode) -> (3, S, S)."""
         return self._to_image(self._reference[self._char_index(char)])
 
-    def episode(self, seed: int, task: str | None = None, k: int = 3) -> Episode:
-        """One episode, deterministic in (split, fonts, seed, k).
-
-        The seed picks the font and the query character first, then an order of the other characters whose first k
-        are the context: episodes with the same seed and a larger k share font, query and the first contexts, which
-        makes k-ablations direct comparisons.
-        """
+    def _draw(self, seed: int, task: str | None, k: int) -> tuple[int, int, np.ndarray]:
+        """The font index, the query's character index and the k context characters' indices of an episode, drawn
+        as ``episode`` describes."""
         if task not in (None, *self.tasks):
             raise ValueError(f"GlyphWorld has tasks {self.tasks}, got {task!r}.")
         if not 0 <= k < len(self.charset):
@@ -119,6 +115,31 @@ class GlyphWorld:
         font = int(rng.integers(self.num_fonts))
         query = int(rng.integers(len(self.charset)))
         others = rng.permutation([i for i in range(len(self.charset)) if i != query])[:k]
+        return font, query, others
+
+    def episode_characters(self, seed: int, task: str | None = None, k: int = 3) -> tuple[int, str, str]:
+        """(font index, query character, the k context characters) of ``episode(seed, task, k)``."""
+        font, query, others = self._draw(seed, task, k)
+        return font, self.charset[query], "".join(self.charset[i] for i in others)
+
+    def context_sources(self, seed: int, task: str | None = None, k: int = 3) -> torch.Tensor:
+        """The context characters of ``episode(seed, task, k)`` in the reference font -> (k, 3, S, S).
+
+        An episode's context shows the target font only; with these, context image i and source i form the example
+        pair (character in the reference font, the same character in the target font) that a Prompt-Diffusion-style
+        model reads (``baselines/prompt_diffusion.py``).
+        """
+        _, _, others = self._draw(seed, task, k)
+        return self._to_image(self._reference[others])  # (k, S, S) -> (k, 3, S, S)
+
+    def episode(self, seed: int, task: str | None = None, k: int = 3) -> Episode:
+        """One episode, deterministic in (split, fonts, seed, k).
+
+        The seed picks the font and the query character first, then an order of the other characters whose first k
+        are the context: episodes with the same seed and a larger k share font, query and the first contexts, which
+        makes k-ablations direct comparisons.
+        """
+        font, query, others = self._draw(seed, task, k)
         return Episode(
             query=self._to_image(self._reference[query]),
             context=self._to_image(self._glyphs[font, others]),  # (k, S, S) -> (k, 3, S, S)

@@ -21,6 +21,7 @@ What other modules can use::
     world = ShapesWorld("train", size=64)
     world.episode(seed, task=None, k=3)        # an Episode (tensors); task=None cycles through world.train_tasks
     world.episode_spec(seed, task, k)          # the same episode unrendered: its Style, target and context Layouts
+    world.context_sources(seed, task, k)       # (k, 3, H, W): each context image's source view, for example pairs
     world.styled_image(seed)                   # (image (3, H, W), style prompt), e.g. to train a text encoder
     world.styled_sample(seed)                  # the same image with its Style and shown classes, unworded
     world.styled_twins(seed)                   # that image and its binding twin (2, 3, H, W), with both prompts
@@ -189,6 +190,21 @@ class ShapesWorld:
         else:
             context = torch.zeros(0, 3, self.size, self.size)
         return Episode(torch.from_numpy(query), context, torch.from_numpy(target), spec.prompt, spec.task)
+
+    def context_sources(self, seed: int, task: str | None = None, k: int = 3) -> torch.Tensor:
+        """The source-domain view of each context layout of ``episode(seed, task, k)`` -> (k, 3, H, W) float32.
+
+        The context shows target-domain images only (as in the paper); with these, context image i and source i form
+        the example pair (source, target) that a Prompt-Diffusion-style model reads (``baselines/prompt_diffusion.py``).
+        Source i is made as the episode's query is, from context layout i: for seg2img its segmentation map, for
+        img2edge the layout painted in the episode's style, for canny2img the Canny edges of the styled context image.
+        """
+        spec, _, context_rasters = self._draw_episode(seed, task, k)
+        if k == 0:
+            return torch.zeros(0, 3, self.size, self.size)
+        views = [self._view(spec.source, layout, raster, spec.style)
+                 for layout, raster in zip(spec.context_layouts, context_rasters)]
+        return torch.from_numpy(np.stack(views))  # k x (3, H, W) -> (k, 3, H, W)
 
     def _view(self, kind: str, layout: Layout, raster: Raster, style: Style | None,
               image: np.ndarray | None = None) -> np.ndarray:
