@@ -887,6 +887,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def checkpoint_to_resume(resume: bool | str, out_dir: Path, required_file: str | None = None) -> Path:
+    """``--resume``'s checkpoint folder: the latest in ``out_dir`` (``resume`` True) or the folder given; SystemExit
+    with a hint when there is none (or it lacks ``required_file``)."""
+    checkpoint = latest_checkpoint(out_dir) if resume is True else Path(resume)
+    if checkpoint is None or (required_file is not None and not (checkpoint / required_file).is_file()):
+        where = checkpoint or Path(out_dir) / CHECKPOINT_DIR / LATEST_NAME
+        raise SystemExit(f"nothing to resume: no checkpoint in {where}. Start the run without --resume.")
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(build_parser().parse_args(argv))
@@ -895,10 +905,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig.from_profile(overrides.get("profile", "cpu"),
                                       **{k: v for k, v in overrides.items() if k != "profile"})
     if resume:
-        checkpoint = latest_checkpoint(config.out_dir) if resume is True else Path(resume)
-        if checkpoint is None:
-            raise SystemExit(f"nothing to resume in {config.out_dir}: it has no {CHECKPOINT_DIR}/{LATEST_NAME}. "
-                             "Start the run without --resume.")
+        checkpoint = checkpoint_to_resume(resume, config.out_dir)
         config = resumed_config(checkpoint, overrides)
         resume = checkpoint
     command = "python -m ctxdiff_from_scratch train " + shlex.join(argv)

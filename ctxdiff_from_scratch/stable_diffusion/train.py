@@ -43,8 +43,8 @@ from ..config import COMBINE_MODES
 from ..data import FolderWorld, collate_episodes
 from ..device import get_device, seed_everything
 from ..runlog import CSVLogger
-from ..train import (CHECKPOINT_DIR, LATEST_NAME, checkpoint_name, flatten_optimizer_state, latest_checkpoint,
-                     step_generator, truncate_log, unflatten_optimizer_state)
+from ..train import (CHECKPOINT_DIR, LATEST_NAME, checkpoint_name, checkpoint_to_resume, flatten_optimizer_state,
+                     latest_checkpoint, step_generator, truncate_log, unflatten_optimizer_state)
 from .model import ContextDiffusion, TrainingBatch
 from .preprocessing import clip_normalize
 from .tiny import build_tiny_parts
@@ -342,10 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides.setdefault("out", str(Path("runs") / f"sd-{Path(overrides['folder']).name}"))
     checkpoint = None
     if resume:
-        checkpoint = latest_checkpoint(Path(overrides["out"])) if resume is True else Path(resume)
-        if checkpoint is None or not (checkpoint / STATE_NAME).is_file():
-            where = checkpoint or Path(overrides["out"]) / CHECKPOINT_DIR
-            raise SystemExit(f"nothing to resume: no checkpoint in {where}. Start the run without --resume.")
+        checkpoint = checkpoint_to_resume(resume, Path(overrides["out"]), required_file=STATE_NAME)
         config = resumed_config(checkpoint, overrides)
     else:
         config = SDTrainConfig(**overrides)
