@@ -14,6 +14,8 @@ mean colour of its own class in the context ("perfect binding", flat colours).
 
 * ``frozen``: the shipped frozen image encoder's 8x8 grid of tokens (what the model uses);
 * ``latent``: a trainable two-layer conv tokenizer over the context images' latents (8x8 positions);
+* ``pixels``: a trainable conv tokenizer over the context images' pixels, three stride-2 steps down to 8x8 positions
+  (receptive field ~30 pixels, a whole shape);
 * ``oracle``: perfect tokens, read off the layouts: per 8x8-pixel patch the share of each shape class and of the
   background, and the mean colours of its shape and background pixels, through one trainable linear layer.
 
@@ -44,7 +46,7 @@ from ctxdiff_from_scratch.data.shapes_layout import SHAPE_CLASSES, rasterize
 from ctxdiff_from_scratch.evaluate import shape_pixel_errors
 from ctxdiff_from_scratch.model import Conditions, ContextDiffusionModel, FrozenParts, ModelConfig
 
-TOKENS = ("frozen", "latent", "oracle")
+TOKENS = ("frozen", "latent", "pixels", "oracle")
 K = 3  # context images per episode
 PATCH = 8  # pixels per token side: a 64-pixel image gives the image encoder's 8x8 grid
 TRAIN_SEED_BASE = 10_000_000  # fresh training episodes: seeds far from every split's evaluation seeds
@@ -82,6 +84,12 @@ class ContextTokenizer(nn.Module):
             channels = parts.autoencoder.config.latent_channels
             self.net = nn.Sequential(nn.Conv2d(channels, 128, 3, padding=1), nn.SiLU(),
                                      nn.Conv2d(128, dim, 3, padding=1))
+        elif kind == "pixels":
+            self.net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
+                                     nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.SiLU(),  # 64 -> 32
+                                     nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.SiLU(),  # 32 -> 16
+                                     nn.Conv2d(128, dim, 3, stride=2, padding=1), nn.SiLU(),  # 16 -> 8
+                                     nn.Conv2d(dim, dim, 3, padding=1))
         elif kind == "oracle":
             self.net = nn.Linear(ORACLE_FEATURES, dim)
         self.position = nn.Parameter(0.02 * torch.randn(grid * grid, dim)) if kind != "frozen" else None
@@ -90,10 +98,10 @@ class ContextTokenizer(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         if self.kind == "frozen":
             tokens = batch["frozen"]  # (B, k, N_v, D_v), computed once per batch by the frozen encoder
-        elif self.kind == "latent":
-            latents = batch["latent"]  # (B, k, C, g, g)
-            b = latents.shape[0]
-            h = self.net(latents.flatten(0, 1))  # (B, k, C, g, g) -> (B*k, C, g, g) -> (B*k, D_v, g, g)
+        elif self.kind in ("latent", "pixels"):
+            maps = batch["latent"] if self.kind == "latent" else batch["context"]  # (B, k, C, g, g) or (B, k, 3, H, W)
+            b = maps.shape[0]
+            h = self.net(maps.flatten(0, 1))  # (B, k, C, h, w) -> (B*k, C, h, w) -> (B*k, D_v, g, g)
             tokens = h.flatten(2).transpose(1, 2).reshape(b, K, -1, h.shape[1])  # -> (B*k, g*g, D) -> (B, k, g*g, D)
         else:
             tokens = self.net(batch["oracle"])  # (B, k, g*g, 13) -> (B, k, g*g, D_v)

@@ -92,7 +92,7 @@ def test_colour_binding_runs_on_the_shipped_pipeline(tmp_path):
     assert "own colour" in result.stdout
 
 
-@pytest.mark.parametrize("tokens", ["oracle", "latent"])
+@pytest.mark.parametrize("tokens", ["oracle", "latent", "pixels"])
 def test_binding_regression_trains_and_reports_against_its_bounds(tmp_path, tokens):
     out = tmp_path / tokens
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "binding_regression.py"), "--tokens", tokens,
