@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 COMBINE_MODES = ("sum", "mean", "concat")
+TOKENIZERS = ("frozen", "pixels", "both")
 
 UNET_PROFILES: dict[str, dict] = {
     "tiny": dict(base_channels=16, channel_mult=(1, 2), layers_per_level=1, attention_levels=(False, True),
@@ -133,6 +134,8 @@ class ContextConfig:
     visual_dim:  D_v, the width of the frozen image encoder's tokens
     context_dim: D_c, the width of the text tokens h^c; h^V is projected to it (must equal UNetConfig.context_dim)
     combine:     how the k token sequences are merged: "sum" (paper), "mean", or "concat" (IP-Adapter style)
+    tokenizer:   what each context image's tokens are: "frozen" (the frozen image encoder's, paper), "pixels" (a
+                 trainable tokenizer over the pixels, pixel_tokenizer.py), or "both" side by side
     """
 
     visual_dim: int = 128
@@ -140,11 +143,19 @@ class ContextConfig:
     # The paper's sum is the default (also of `train --combine`): on ShapesWorld, concat gave no better context gain
     # and costs longer key sequences (docs/experiments.md, section 9).
     combine: str = "sum"
+    tokenizer: str = "frozen"
 
     def __post_init__(self) -> None:
         _check_positive("ContextConfig", visual_dim=self.visual_dim, context_dim=self.context_dim)
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"ContextConfig.combine={self.combine!r} is not one of {COMBINE_MODES}.")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"ContextConfig.tokenizer={self.tokenizer!r} is not one of {TOKENIZERS}.")
+
+    @property
+    def reads_pixels(self) -> bool:
+        """True when the denoiser tokenizes the context images itself (``Conditions.context_images`` needed)."""
+        return self.tokenizer != "frozen"
 
 
 @dataclass

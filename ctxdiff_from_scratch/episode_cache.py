@@ -11,7 +11,9 @@ every shape class of the target appears somewhere in the k context images). Epis
 over the groups, so no two episodes share a seed.
 
 Memory: targets as fp32 latents, queries as uint8 images (the worlds' images are 8-bit anyway), tokens as fp16.
-The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB.
+The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB. A model that
+tokenizes the context pixels itself (``ContextConfig.tokenizer``) also keeps the context images, as uint8: about
+0.15 GB more for that pool.
 
 A fixed pool is seen again and again (6000 episodes, a few hundred times each in a long run), and a network that can
 memorise its episodes need not learn to read the context. :class:`PoolRefresher` therefore overwrites a rotating
@@ -47,6 +49,8 @@ class EpisodeGroup:
     queries:      (n, 3, H, W) uint8  the query images, value * 255
     image_tokens: (n, k, N_v, D_v) fp16 one token sequence per context image
     text_tokens:  (n, L, D_c) fp16 or None (no prompts in this world); text_mask (n, L) bool (False on "" prompts)
+    contexts:     (n, k, 3, H, W) uint8 the context images, value * 255, or None (a model that only reads the
+                  frozen encoder's tokens)
     """
 
     latents: torch.Tensor
@@ -54,6 +58,7 @@ class EpisodeGroup:
     image_tokens: torch.Tensor
     text_tokens: torch.Tensor | None
     text_mask: torch.Tensor | None
+    contexts: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -71,7 +76,9 @@ class EpisodeGroup:
             text_tokens = self.text_tokens[index].to(device, torch.float32)
             text_mask = self.text_mask[index].to(device)
         query = self.queries[index].to(device, torch.float32) / 255.0
-        return self.latents[index].to(device), Conditions(text_tokens, text_mask, image_tokens, context_mask, query)
+        contexts = None if self.contexts is None else self.contexts[index].to(device, torch.float32) / 255.0
+        return self.latents[index].to(device), Conditions(text_tokens, text_mask, image_tokens, context_mask, query,
+                                                          contexts)
 
     def write(self, slots: torch.Tensor, fresh: "EpisodeGroup") -> None:
         """Overwrite the episodes at ``slots`` (m,) with ``fresh``'s m episodes (same k), in place.
@@ -86,6 +93,8 @@ class EpisodeGroup:
             self.text_tokens[slots], self.text_mask[slots] = fresh.text_tokens, fresh.text_mask
         self.latents[slots], self.queries[slots], self.image_tokens[slots] = (fresh.latents, fresh.queries,
                                                                                fresh.image_tokens)
+        if self.contexts is not None:
+            self.contexts[slots] = fresh.contexts
 
 
 class EpisodePool:
@@ -143,20 +152,22 @@ class EpisodePool:
         tensors = load_file(str(path))
         groups = {}
         for k in key["k_choices"]:
-            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask")
+            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask", "contexts")
             groups[k] = EpisodeGroup(*(tensors.get(f"k{k}.{name}") for name in fields))
         return cls(groups, key)
 
 
 def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...]) -> dict:
-    """What a pool depends on: the world, its size, the k's, and a fingerprint of the frozen parts' weights."""
+    """What a pool depends on: the world, its size, the k's, whether it keeps the context images, and a fingerprint
+    of the frozen parts' weights."""
     digest = hashlib.sha1()
     for part in (model.autoencoder, model.image_encoder, model.text_encoder):
         for name, tensor in ([] if part is None else sorted(part.state_dict().items())):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
-            "image_size": model.config.image_size, "parts_sha1": digest.hexdigest()}
+            "image_size": model.config.image_size, "context_images": model.config.context.reads_pixels,
+            "parts_sha1": digest.hexdigest()}
 
 
 def load_or_build_pool(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...],
@@ -176,7 +187,8 @@ def encode_episodes(model: ContextDiffusionModel, world, seeds: list[int], k: in
     """Draw the episodes ``seeds`` (k context images each) and encode them with the frozen parts, in chunks."""
     chunks = [_encode_chunk(model, world, seeds[s:s + ENCODE_BATCH], k, bar) for s in range(0, len(seeds),
                                                                                         ENCODE_BATCH)]
-    return EpisodeGroup(*(None if chunks[0][i] is None else torch.cat([c[i] for c in chunks]) for i in range(5)))
+    return EpisodeGroup(*(None if chunks[0][i] is None else torch.cat([c[i] for c in chunks])
+                          for i in range(len(chunks[0]))))
 
 
 @torch.no_grad()
@@ -193,9 +205,10 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
             length, dim = model.tokenizer.max_length, model.text_encoder.config.dim
             text = (torch.zeros(len(seeds), length, dim), torch.zeros(len(seeds), length, dtype=torch.bool))
         text_tokens, text_mask = text[0].half().cpu(), text[1].cpu()
+    contexts = (batch.context * 255).round().to(torch.uint8).cpu() if model.config.context.reads_pixels else None
     if bar is not None:
         bar.update(len(seeds))
-    return latents, queries, image_tokens, text_tokens, text_mask
+    return latents, queries, image_tokens, text_tokens, text_mask, contexts
 
 
 def _trim_text(groups: dict[int, EpisodeGroup]) -> dict[int, EpisodeGroup]:

@@ -35,6 +35,7 @@ from .checkpoint import config_from_dict, load_part, save_part
 from .config import AdapterConfig, ContextConfig, UNetConfig
 from .context import ContextConditioner, encode_context_images
 from .encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
+from .pixel_tokenizer import PixelTokenizer
 from .schedule import NoiseSchedule, ScheduleConfig
 from .tokenizer import WordTokenizer
 from .unet import UNet
@@ -91,13 +92,14 @@ class ModelConfig:
     def from_parts(cls, autoencoder: Autoencoder, image_encoder: ImageEncoder, text_encoder: TextEncoder | None,
                    world: str = "shapes", unet_profile: str = "cpu", adapter: bool = False,
                    schedule: ScheduleConfig = DEFAULT_SCHEDULE, combine: str = ContextConfig.combine,
-                   **unet_overrides) -> "ModelConfig":
+                   tokenizer: str = ContextConfig.tokenizer, **unet_overrides) -> "ModelConfig":
         """A config whose widths fit the given frozen parts: latent channels from the autoencoder, D_v from the
         image encoder, D_c from the text encoder (or D_v when the world has no prompts)."""
         context_dim = text_encoder.config.dim if text_encoder is not None else image_encoder.config.dim
         unet = UNetConfig.profile(unet_profile, **{"latent_channels": autoencoder.config.latent_channels,
                                                    "context_dim": context_dim, **unet_overrides})
-        context = ContextConfig(visual_dim=image_encoder.config.dim, context_dim=context_dim, combine=combine)
+        context = ContextConfig(visual_dim=image_encoder.config.dim, context_dim=context_dim, combine=combine,
+                                tokenizer=tokenizer)
         adapter_config = AdapterConfig(downsample_factor=autoencoder.config.downsample_factor) if adapter else None
         return cls(world=world, image_size=autoencoder.config.image_size, unet=unet, context=context,
                    adapter=adapter_config, schedule=schedule)
@@ -110,6 +112,8 @@ class Conditions:
     text_tokens:  (B, N_c, D_c) h^c, or None when there is no prompt (or no text encoder); text_mask (B, N_c) bool
     image_tokens: (B, k, N_v, D_v) per context image, or None when k = 0; context_mask (B, k) bool
     query:        (B, 3, H, W) in [0, 1], always present (ignored by a model without adapter)
+    context_images: (B, k, 3, H, W) in [0, 1], kept only for a model that tokenizes them itself
+                  (``ContextConfig.tokenizer`` "pixels" or "both"); else None
     """
 
     text_tokens: torch.Tensor | None
@@ -117,6 +121,7 @@ class Conditions:
     image_tokens: torch.Tensor | None
     context_mask: torch.Tensor | None
     query: torch.Tensor
+    context_images: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -199,11 +204,31 @@ class Denoiser(nn.Module):
         self.conditioner = ContextConditioner(config.context)
         self.unet = UNet(config.unet)
         self.adapter = QueryAdapter(config.unet, config.adapter) if config.adapter is not None else None
+        self.pixel_tokenizer = (PixelTokenizer(config.image_size, config.context.visual_dim)
+                                if config.context.reads_pixels else None)
+
+    def visual_tokens(self, cond: Conditions) -> torch.Tensor | None:
+        """Per-image context tokens (B, k, N, D_v) for Eq. 3: the frozen encoder's, the pixel tokenizer's, or both
+        side by side along N (``ContextConfig.tokenizer``); None without context."""
+        if self.pixel_tokenizer is None or cond.image_tokens is None:
+            return cond.image_tokens
+        if cond.context_images is None:
+            raise ValueError(f"this denoiser tokenizes the context pixels itself (ContextConfig.tokenizer="
+                             f"{self.config.context.tokenizer!r}) but the conditions carry no context_images; build "
+                             "them with model.encode_conditions(query, context, ...).")
+        mask = cond.context_mask if cond.context_mask is not None else \
+            torch.ones(cond.context_images.shape[:2], dtype=torch.bool, device=cond.context_images.device)
+        learned = self.pixel_tokenizer(cond.context_images, mask)  # (B, k, g*g, D_v)
+        if learned is None or self.config.context.tokenizer == "pixels":
+            return learned
+        # (B, k, N_v, D) and (B, k, g*g, D) -> (B, k, N_v + g*g, D)
+        return torch.cat([cond.image_tokens, learned], dim=2)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions, drop_prompt: torch.Tensor | None = None,
                 drop_context: torch.Tensor | None = None, conditioning_scale: float | None = None) -> torch.Tensor:
         """x_t (B, C, h, w), t (B,); drop_* (B,) bool remove a sample's prompt / context (classifier-free guidance)."""
-        tokens, token_mask = self.conditioner(cond.text_tokens, cond.text_mask, cond.image_tokens, cond.context_mask,
+        tokens, token_mask = self.conditioner(cond.text_tokens, cond.text_mask, self.visual_tokens(cond),
+                                              cond.context_mask,
                                               drop_prompt=drop_prompt, drop_context=drop_context,
                                               batch_size=x_t.shape[0])  # -> (B, 1 + N_c + N, D_c), (B, 1 + N_c + N)
         if self.adapter is None:
@@ -329,13 +354,14 @@ class ContextDiffusionModel(nn.Module):
                 context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
             image_tokens = self.encode_context(context, context_mask)
         context_mask = None if image_tokens is None else context_mask
+        context_images = context if image_tokens is not None and self.config.context.reads_pixels else None
         text = None
         if prompts is not None:
             if isinstance(prompts, str) or len(prompts) != batch:
                 raise ValueError(f"prompts must be a list of B={batch} strings (\"\" for no prompt), got {prompts!r}.")
             text = self.encode_prompts(list(prompts), query.device)
         text_tokens, text_mask = (None, None) if text is None else text
-        return Conditions(text_tokens, text_mask, image_tokens, context_mask, query)
+        return Conditions(text_tokens, text_mask, image_tokens, context_mask, query, context_images)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditions,
                 drop_prompt: torch.Tensor | bool | None = None, drop_context: torch.Tensor | bool | None = None,

@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 
 from .adapter import QueryAdapter, freeze_base_encoder
 from .checkpoint import config_from_dict, load_part, save_part
-from .config import COMBINE_MODES, AdapterConfig, ContextConfig, UNET_PROFILES
+from .config import COMBINE_MODES, TOKENIZERS, AdapterConfig, ContextConfig, UNET_PROFILES, UNetConfig
 from .data import WORLDS, make_world
 from .device import get_device, seed_everything
 from .episode_cache import EpisodePool, PoolRefresher, encode_episodes, load_or_build_pool
@@ -113,6 +113,10 @@ class TrainConfig:
     init: str | None = None       # stage 2: the stage-1 model folder
     out: str | None = None        # default runs/<world>-stage<stage> or runs/<world>-joint
     unet_profile: str = "cpu"
+    # None: the UNet profile's. Cross-attention at the 8x8 level too, (True, True, True) with head_dim 16, is what
+    # let the denoiser bind colours to shapes (docs/experiments.md, sections 19 and 21).
+    attention_levels: tuple[bool, ...] | None = None
+    head_dim: int | None = None
     prediction_type: str = "v_prediction"
     steps: int = 2000
     minutes: float | None = None
@@ -131,6 +135,7 @@ class TrainConfig:
     ema_decay: float = 0.995       # time constant ~200 steps: a laptop run is only a few thousand steps long
     k_choices: tuple[int, ...] = (1, 2, 3)
     combine: str | None = None     # merge of the k context token sequences; None: "sum" in stage 1, --init's in 2
+    tokenizer: str | None = None   # the context images' tokens (TOKENIZERS); None: "frozen" in stage 1, --init's in 2
     p_drop_prompt: float = 0.5
     p_drop_context: float = 0.1
     p_drop_both: float = 0.05
@@ -157,6 +162,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.k_choices = tuple(int(k) for k in self.k_choices)
+        if self.attention_levels is not None:
+            self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         if self.profile not in self.PROFILES:
             raise ValueError(f"unknown training profile {self.profile!r}; choose one of {list(self.PROFILES)}.")
         if self.world not in WORLDS:
@@ -170,6 +177,8 @@ class TrainConfig:
                              "stage-1 run).")
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {COMBINE_MODES}.")
+        if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown context tokenizer {self.tokenizer!r}; choose one of {TOKENIZERS}.")
         if self.unet_profile not in UNET_PROFILES:
             raise ValueError(f"unknown UNet profile {self.unet_profile!r}; choose one of {sorted(UNET_PROFILES)}.")
         for name in ("steps", "batch_size", "grad_accum", "pool_size", "log_every", "checkpoint_every"):
@@ -214,6 +223,15 @@ class TrainConfig:
         if self.minutes is not None and self.minutes <= 0:
             raise ValueError(f"minutes must be positive (or None for no time cap), got {self.minutes}.")
         ScheduleConfig(prediction_type=self.prediction_type)  # validates the name with a helpful message
+        if self.stage == 2 and self.unet_overrides:
+            raise ValueError("stage 2 keeps its --init model's UNet: drop --attention-levels and --head-dim.")
+        UNetConfig.profile(self.unet_profile, **self.unet_overrides)  # a shape the UNet cannot take fails here
+
+    @property
+    def unet_overrides(self) -> dict:
+        """The UNet fields this run sets beyond its profile (``attention_levels``, ``head_dim``)."""
+        values = {"attention_levels": self.attention_levels, "head_dim": self.head_dim}
+        return {name: value for name, value in values.items() if value is not None}
 
     @classmethod
     def from_profile(cls, name: str = "cpu", **overrides) -> "TrainConfig":
@@ -382,17 +400,24 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
             raise ValueError(f"--combine {config.combine} differs from the stage-1 model's "
                              f"{base.config.context.combine!r} ({config.init}); stage 2 keeps the stage-1 model's "
                              "way of merging the context: drop --combine.")
+        if config.tokenizer not in (None, base.config.context.tokenizer):
+            raise ValueError(f"--tokenizer {config.tokenizer} differs from the stage-1 model's "
+                             f"{base.config.context.tokenizer!r} ({config.init}); stage 2 keeps it: drop --tokenizer.")
         model_config = dataclasses.replace(base.config, adapter=AdapterConfig(
             downsample_factor=base.autoencoder.config.downsample_factor))
         model = ContextDiffusionModel(model_config, base.frozen_parts)
         model.denoiser.conditioner.load_state_dict(base.conditioner.state_dict())
         model.denoiser.unet.load_state_dict(base.unet.state_dict())
+        if base.denoiser.pixel_tokenizer is not None:
+            model.denoiser.pixel_tokenizer.load_state_dict(base.denoiser.pixel_tokenizer.state_dict())
     else:
         parts = FrozenParts.load(config.parts_dir)
         model_config = ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder,
                                               world=config.world, unet_profile=config.unet_profile,
                                               adapter=config.joint, schedule=schedule,
-                                              combine=config.combine or ContextConfig.combine)
+                                              combine=config.combine or ContextConfig.combine,
+                                              tokenizer=config.tokenizer or ContextConfig.tokenizer,
+                                              **config.unet_overrides)
         model = ContextDiffusionModel(model_config, parts)
     if model.adapter is not None:
         # ControlNet's trainable copy: the adapter's encoder starts as the base encoder (random in a joint run)
@@ -851,6 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--init", default=None, help="stage 2: the stage-1 model folder")
     add("--out", default=None, help="output folder (default: runs/<world>-stage<stage> or runs/<world>-joint)")
     add("--unet-profile", choices=sorted(UNET_PROFILES), default=None, help="UNet size (default: the profile's)")
+    add("--attention-levels", type=int, nargs="+", choices=(0, 1), default=None,
+        help="one 0/1 per UNet level, highest resolution first: where the transformer blocks (Eq. 3's "
+             "cross-attention) run; e.g. 1 1 1 with --head-dim 16 (default: the UNet profile's, 0 1 1)")
+    add("--head-dim", type=int, default=None, help="channels per attention head (default: the UNet profile's)")
     add("--prediction-type", choices=("v_prediction", "epsilon"), default=None, help="default: v_prediction")
     add("--steps", type=int, default=None, help="optimiser steps (fixes the LR schedule)")
     add("--minutes", type=float, default=None, help="wall-time budget; stops early and saves")
@@ -870,6 +899,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--combine", choices=COMBINE_MODES, default=None,
         help="merge the k context token sequences by sum (paper), mean or concat (stage 1 / joint; stage 2 keeps "
              "its --init model's)")
+    add("--tokenizer", choices=TOKENIZERS, default=None,
+        help="each context image's tokens: frozen (the frozen image encoder's, paper; default), pixels (a trainable "
+             "tokenizer over the pixels, one token per 8x8 patch) or both side by side (stage 1 / joint; stage 2 "
+             "keeps its --init model's)")
     add("--pool-size", type=int, default=None, help="pre-encoded training episodes")
     add("--pool-cache", default=None, help="safetensors file to keep the encoded pool between runs")
     add("--fresh-per-step", type=int, default=None,

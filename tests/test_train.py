@@ -25,6 +25,7 @@ from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, diffusion
                                         drop_case_probabilities, flatten_optimizer_state, lr_factor, main,
                                         min_snr_weight, rng_state, set_rng_state, shifted_timesteps, train,
                                         unflatten_optimizer_state)
+from ctxdiff_from_scratch.unet import TransformerBlock
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -50,6 +51,10 @@ def stage1(parts_dir, tmp_path_factory):
 
 def tiny(parts_dir, out, **overrides) -> TrainConfig:
     return TrainConfig.from_profile("tiny", parts=str(parts_dir), out=str(out), **overrides)
+
+
+def transformer_blocks(model: ContextDiffusionModel) -> int:
+    return sum(isinstance(module, TransformerBlock) for module in model.unet.modules())
 
 
 def fake_pool(sizes=(5, 7, 9)) -> EpisodePool:
@@ -166,6 +171,22 @@ def test_combine_mode_is_set_in_stage_1_and_inherited_in_stage_2(stage1, parts_d
         build_model(TrainConfig.from_profile("tiny", stage=2, init=str(out), out=str(tmp_path), combine=other))
     with pytest.raises(ValueError, match="unknown combine mode"):
         tiny(parts_dir, tmp_path, combine="max")
+
+
+def test_attention_levels_reach_the_unet_and_survive_saving(parts_dir, tmp_path):
+    """--attention-levels / --head-dim build transformer blocks where asked; the shipped config keeps them."""
+    summary = main(["--profile", "tiny", "--parts", str(parts_dir), "--out", str(tmp_path / "att"), "--steps", "2",
+                    "--attention-levels", "1", "1", "--head-dim", "8"])
+    assert summary["config"]["attention_levels"] == (True, True) and summary["config"]["head_dim"] == 8
+    model = ContextDiffusionModel.from_pretrained(tmp_path / "att")
+    assert model.config.unet.attention_levels == (True, True) and model.config.unet.head_dim == 8
+    default = build_model(tiny(parts_dir, tmp_path))
+    assert default.config.unet.attention_levels == (False, True)  # the tiny profile's: none at the top level
+    assert transformer_blocks(model) > transformer_blocks(default)
+    with pytest.raises(ValueError, match="one bool per level"):
+        TrainConfig.from_profile("tiny", attention_levels=(True, True, True))
+    with pytest.raises(ValueError, match="stage 2 keeps its --init model's UNet"):
+        TrainConfig.from_profile("tiny", stage=2, init="x", head_dim=8)
 
 
 def test_min_snr_weights_clip_the_snr_for_either_target():
@@ -298,9 +319,23 @@ def test_pool_cache_round_trip_and_key(parts_dir, tmp_path):
     again = EpisodePool.load(cache, pool_key(model, world, 12, (1, 2, 3)))
     for k, group in pool.groups.items():
         for name, value in vars(group).items():
-            assert torch.equal(value, vars(again.groups[k])[name]), (k, name)
+            stored = vars(again.groups[k])[name]
+            assert (value is None and stored is None) or torch.equal(value, stored), (k, name)
     assert group.queries.dtype == torch.uint8 and group.image_tokens.dtype == torch.float16
+    assert group.contexts is None  # the frozen encoder's tokens are all this model reads
     assert EpisodePool.load(cache, pool_key(model, world, 24, (1, 2, 3))) is None  # another pool size: rebuild
+    # a model that tokenizes the context pixels needs a pool that keeps them: another key, the images as uint8
+    pixels = build_model(tiny(parts_dir, tmp_path / "run", steps=1, tokenizer="pixels"))
+    assert EpisodePool.load(cache, pool_key(pixels, world, 12, (1, 2, 3))) is None
+    pool = load_or_build_pool(pixels, world, 12, (1, 2, 3), tmp_path / "pixels.safetensors", progress=False)
+    again = EpisodePool.load(tmp_path / "pixels.safetensors", pool_key(pixels, world, 12, (1, 2, 3)))
+    for k, group in pool.groups.items():
+        assert group.contexts.dtype == torch.uint8 and group.contexts.shape == (len(group), k, 3, 32, 32)
+        assert torch.equal(group.contexts, again.groups[k].contexts)
+        first = world.episode(k - 1, k=k)  # group j (here k = j + 1) starts at seed j
+        assert torch.equal(group.contexts[0], (first.context * 255).round().to(torch.uint8))
+        _, cond = group.batch(torch.tensor([0]), "cpu")
+        assert torch.allclose(cond.context_images[0], first.context, atol=1 / 255)
 
 
 def test_resume_refuses_changed_options(stage1):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -130,9 +130,9 @@ class PairConditions(Conditions):
     it treats these conditions as context-free, so the pairs are always given and never guided.
     """
 
-    pair_sources: torch.Tensor
-    pair_targets: torch.Tensor
-    pair_mask: torch.Tensor
+    pair_sources: torch.Tensor = field(kw_only=True)
+    pair_targets: torch.Tensor = field(kw_only=True)
+    pair_mask: torch.Tensor = field(kw_only=True)
 
     @classmethod
     def from_conditions(cls, cond: Conditions, pair_sources: torch.Tensor, pair_targets: torch.Tensor,
@@ -143,7 +143,8 @@ class PairConditions(Conditions):
         if pair_mask.dtype != torch.bool or pair_mask.shape != pair_targets.shape[:2]:
             raise ValueError(f"pair_mask must be a bool tensor of shape {tuple(pair_targets.shape[:2])} (B, k), got "
                              f"{pair_mask.dtype} {tuple(pair_mask.shape)}.")
-        return cls(cond.text_tokens, cond.text_mask, None, None, cond.query, pair_sources, pair_targets, pair_mask)
+        return cls(cond.text_tokens, cond.text_mask, None, None, cond.query, pair_sources=pair_sources,
+                   pair_targets=pair_targets, pair_mask=pair_mask)
 
     def _map(self, fn) -> "PairConditions":
         # Conditions._map rebuilds a plain Conditions; keep the class and the pairs (so .to and .repeat keep them)
