@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 COMBINE_MODES = ("sum", "mean", "concat")
-TOKENIZERS = ("frozen", "pixels", "both")
+TOKENIZERS = ("frozen", "latents")
 
 UNET_PROFILES: dict[str, dict] = {
     "tiny": dict(base_channels=16, channel_mult=(1, 2), layers_per_level=1, attention_levels=(False, True),
@@ -134,8 +134,9 @@ class ContextConfig:
     visual_dim:  D_v, the width of the frozen image encoder's tokens
     context_dim: D_c, the width of the text tokens h^c; h^V is projected to it (must equal UNetConfig.context_dim)
     combine:     how the k token sequences are merged: "sum" (paper), "mean", or "concat" (IP-Adapter style)
-    tokenizer:   what each context image's tokens are: "frozen" (the frozen image encoder's, paper), "pixels" (a
-                 trainable tokenizer over the pixels, pixel_tokenizer.py), or "both" side by side
+    tokenizer:   what each context image's tokens are: "frozen" (the frozen image encoder's, paper) or "latents"
+                 (a trainable tokenizer over the image's latent, one token per latent position; context_tokenizer.py)
+    latent_side: h = w of a latent (the autoencoder's), the grid of the "latents" tokenizer
     """
 
     visual_dim: int = 128
@@ -144,17 +145,19 @@ class ContextConfig:
     # and costs longer key sequences (docs/experiments.md, section 9).
     combine: str = "sum"
     tokenizer: str = "frozen"
+    latent_side: int = 8
 
     def __post_init__(self) -> None:
-        _check_positive("ContextConfig", visual_dim=self.visual_dim, context_dim=self.context_dim)
+        _check_positive("ContextConfig", visual_dim=self.visual_dim, context_dim=self.context_dim,
+                        latent_side=self.latent_side)
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"ContextConfig.combine={self.combine!r} is not one of {COMBINE_MODES}.")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"ContextConfig.tokenizer={self.tokenizer!r} is not one of {TOKENIZERS}.")
 
     @property
-    def reads_pixels(self) -> bool:
-        """True when the denoiser tokenizes the context images itself (``Conditions.context_images`` needed)."""
+    def learns_tokens(self) -> bool:
+        """True when the denoiser tokenizes the context itself (it then needs ``Conditions.context_latents``)."""
         return self.tokenizer != "frozen"
 
 

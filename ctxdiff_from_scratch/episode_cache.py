@@ -12,8 +12,8 @@ over the groups, so no two episodes share a seed.
 
 Memory: targets as fp32 latents, queries as uint8 images (the worlds' images are 8-bit anyway), tokens as fp16.
 The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB. A model that
-tokenizes the context pixels itself (``ContextConfig.tokenizer``) also keeps the context images, as uint8: about
-0.15 GB more for that pool.
+tokenizes the context itself (``ContextConfig.tokenizer = "latents"``) also keeps the context latents, as fp16:
+about 0.08 GB more for that pool (48x8x8 latents).
 
 A fixed pool is seen again and again (6000 episodes, a few hundred times each in a long run), and a network that can
 memorise its episodes need not learn to read the context. :class:`PoolRefresher` therefore overwrites a rotating
@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .context import encode_context_images
 from .data import collate_episodes
 from .model import Conditions, ContextDiffusionModel
 
@@ -49,7 +50,7 @@ class EpisodeGroup:
     queries:      (n, 3, H, W) uint8  the query images, value * 255
     image_tokens: (n, k, N_v, D_v) fp16 one token sequence per context image
     text_tokens:  (n, L, D_c) fp16 or None (no prompts in this world); text_mask (n, L) bool (False on "" prompts)
-    contexts:     (n, k, 3, H, W) uint8 the context images, value * 255, or None (a model that only reads the
+    context_latents: (n, k, C, h, w) fp16 the context images' latents, or None (a model that reads only the
                   frozen encoder's tokens)
     """
 
@@ -58,7 +59,7 @@ class EpisodeGroup:
     image_tokens: torch.Tensor
     text_tokens: torch.Tensor | None
     text_mask: torch.Tensor | None
-    contexts: torch.Tensor | None = None
+    context_latents: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -76,9 +77,10 @@ class EpisodeGroup:
             text_tokens = self.text_tokens[index].to(device, torch.float32)
             text_mask = self.text_mask[index].to(device)
         query = self.queries[index].to(device, torch.float32) / 255.0
-        contexts = None if self.contexts is None else self.contexts[index].to(device, torch.float32) / 255.0
+        context_latents = (None if self.context_latents is None
+                           else self.context_latents[index].to(device, torch.float32))  # (B, k, C, h, w)
         return self.latents[index].to(device), Conditions(text_tokens, text_mask, image_tokens, context_mask, query,
-                                                          contexts)
+                                                          context_latents)
 
     def write(self, slots: torch.Tensor, fresh: "EpisodeGroup") -> None:
         """Overwrite the episodes at ``slots`` (m,) with ``fresh``'s m episodes (same k), in place.
@@ -93,8 +95,8 @@ class EpisodeGroup:
             self.text_tokens[slots], self.text_mask[slots] = fresh.text_tokens, fresh.text_mask
         self.latents[slots], self.queries[slots], self.image_tokens[slots] = (fresh.latents, fresh.queries,
                                                                                fresh.image_tokens)
-        if self.contexts is not None:
-            self.contexts[slots] = fresh.contexts
+        if self.context_latents is not None:
+            self.context_latents[slots] = fresh.context_latents
 
 
 class EpisodePool:
@@ -152,21 +154,21 @@ class EpisodePool:
         tensors = load_file(str(path))
         groups = {}
         for k in key["k_choices"]:
-            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask", "contexts")
+            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask", "context_latents")
             groups[k] = EpisodeGroup(*(tensors.get(f"k{k}.{name}") for name in fields))
         return cls(groups, key)
 
 
 def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...]) -> dict:
-    """What a pool depends on: the world, its size, the k's, whether it keeps the context images, and a fingerprint
-    of the frozen parts' weights."""
+    """What a pool depends on: the world, its size, the k's, whether it keeps the context latents, and a
+    fingerprint of the frozen parts' weights."""
     digest = hashlib.sha1()
     for part in (model.autoencoder, model.image_encoder, model.text_encoder):
         for name, tensor in ([] if part is None else sorted(part.state_dict().items())):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
-            "image_size": model.config.image_size, "context_images": model.config.context.reads_pixels,
+            "image_size": model.config.image_size, "context_latents": model.config.context.learns_tokens,
             "parts_sha1": digest.hexdigest()}
 
 
@@ -205,10 +207,13 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
             length, dim = model.tokenizer.max_length, model.text_encoder.config.dim
             text = (torch.zeros(len(seeds), length, dim), torch.zeros(len(seeds), length, dtype=torch.bool))
         text_tokens, text_mask = text[0].half().cpu(), text[1].cpu()
-    contexts = (batch.context * 255).round().to(torch.uint8).cpu() if model.config.context.reads_pixels else None
+    context_latents = None
+    if model.config.context.learns_tokens:
+        context_latents = encode_context_images(model.encode_images, batch.context, batch.context_mask)
+        context_latents = context_latents.half().cpu()  # (n, k, C, h, w)
     if bar is not None:
         bar.update(len(seeds))
-    return latents, queries, image_tokens, text_tokens, text_mask, contexts
+    return latents, queries, image_tokens, text_tokens, text_mask, context_latents
 
 
 def _trim_text(groups: dict[int, EpisodeGroup]) -> dict[int, EpisodeGroup]:

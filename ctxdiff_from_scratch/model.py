@@ -34,8 +34,8 @@ from .autoencoder import Autoencoder, AutoencoderConfig
 from .checkpoint import config_from_dict, load_part, save_part
 from .config import AdapterConfig, ContextConfig, UNetConfig
 from .context import ContextConditioner, encode_context_images
+from .context_tokenizer import LatentTokenizer
 from .encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
-from .pixel_tokenizer import PixelTokenizer
 from .schedule import NoiseSchedule, ScheduleConfig
 from .tokenizer import WordTokenizer
 from .unet import UNet
@@ -99,7 +99,7 @@ class ModelConfig:
         unet = UNetConfig.profile(unet_profile, **{"latent_channels": autoencoder.config.latent_channels,
                                                    "context_dim": context_dim, **unet_overrides})
         context = ContextConfig(visual_dim=image_encoder.config.dim, context_dim=context_dim, combine=combine,
-                                tokenizer=tokenizer)
+                                tokenizer=tokenizer, latent_side=autoencoder.config.latent_shape[-1])
         adapter_config = AdapterConfig(downsample_factor=autoencoder.config.downsample_factor) if adapter else None
         return cls(world=world, image_size=autoencoder.config.image_size, unet=unet, context=context,
                    adapter=adapter_config, schedule=schedule)
@@ -112,8 +112,8 @@ class Conditions:
     text_tokens:  (B, N_c, D_c) h^c, or None when there is no prompt (or no text encoder); text_mask (B, N_c) bool
     image_tokens: (B, k, N_v, D_v) per context image, or None when k = 0; context_mask (B, k) bool
     query:        (B, 3, H, W) in [0, 1], always present (ignored by a model without adapter)
-    context_images: (B, k, 3, H, W) in [0, 1], kept only for a model that tokenizes them itself
-                  (``ContextConfig.tokenizer`` "pixels" or "both"); else None
+    context_latents: (B, k, C, h, w) scaled latents of the context images, only for a model that tokenizes them
+                  itself (``ContextConfig.tokenizer = "latents"``); else None
     """
 
     text_tokens: torch.Tensor | None
@@ -121,7 +121,7 @@ class Conditions:
     image_tokens: torch.Tensor | None
     context_mask: torch.Tensor | None
     query: torch.Tensor
-    context_images: torch.Tensor | None = None
+    context_latents: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -204,25 +204,22 @@ class Denoiser(nn.Module):
         self.conditioner = ContextConditioner(config.context)
         self.unet = UNet(config.unet)
         self.adapter = QueryAdapter(config.unet, config.adapter) if config.adapter is not None else None
-        self.pixel_tokenizer = (PixelTokenizer(config.image_size, config.context.visual_dim)
-                                if config.context.reads_pixels else None)
+        context = config.context
+        self.context_tokenizer = (LatentTokenizer(config.unet.latent_channels, context.latent_side,
+                                                  context.visual_dim) if context.learns_tokens else None)
 
     def visual_tokens(self, cond: Conditions) -> torch.Tensor | None:
-        """Per-image context tokens (B, k, N, D_v) for Eq. 3: the frozen encoder's, the pixel tokenizer's, or both
-        side by side along N (``ContextConfig.tokenizer``); None without context."""
-        if self.pixel_tokenizer is None or cond.image_tokens is None:
+        """Per-image context tokens (B, k, N, D_v) for Eq. 3: the frozen encoder's, or the trained tokenizer's over
+        the context latents (``ContextConfig.tokenizer``); None without context."""
+        if self.context_tokenizer is None or cond.image_tokens is None:
             return cond.image_tokens
-        if cond.context_images is None:
-            raise ValueError(f"this denoiser tokenizes the context pixels itself (ContextConfig.tokenizer="
-                             f"{self.config.context.tokenizer!r}) but the conditions carry no context_images; build "
+        if cond.context_latents is None:
+            raise ValueError(f"this denoiser tokenizes the context itself (ContextConfig.tokenizer="
+                             f"{self.config.context.tokenizer!r}) but the conditions carry no context_latents; build "
                              "them with model.encode_conditions(query, context, ...).")
         mask = cond.context_mask if cond.context_mask is not None else \
-            torch.ones(cond.context_images.shape[:2], dtype=torch.bool, device=cond.context_images.device)
-        learned = self.pixel_tokenizer(cond.context_images, mask)  # (B, k, g*g, D_v)
-        if learned is None or self.config.context.tokenizer == "pixels":
-            return learned
-        # (B, k, N_v, D) and (B, k, g*g, D) -> (B, k, N_v + g*g, D)
-        return torch.cat([cond.image_tokens, learned], dim=2)
+            torch.ones(cond.context_latents.shape[:2], dtype=torch.bool, device=cond.context_latents.device)
+        return self.context_tokenizer(cond.context_latents, mask)  # (B, k, h*w, D_v)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions, drop_prompt: torch.Tensor | None = None,
                 drop_context: torch.Tensor | None = None, conditioning_scale: float | None = None) -> torch.Tensor:
@@ -354,14 +351,16 @@ class ContextDiffusionModel(nn.Module):
                 context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
             image_tokens = self.encode_context(context, context_mask)
         context_mask = None if image_tokens is None else context_mask
-        context_images = context if image_tokens is not None and self.config.context.reads_pixels else None
+        context_latents = None
+        if image_tokens is not None and self.config.context.learns_tokens:
+            context_latents = encode_context_images(self.encode_images, context, context_mask)  # (B, k, C, h, w)
         text = None
         if prompts is not None:
             if isinstance(prompts, str) or len(prompts) != batch:
                 raise ValueError(f"prompts must be a list of B={batch} strings (\"\" for no prompt), got {prompts!r}.")
             text = self.encode_prompts(list(prompts), query.device)
         text_tokens, text_mask = (None, None) if text is None else text
-        return Conditions(text_tokens, text_mask, image_tokens, context_mask, query, context_images)
+        return Conditions(text_tokens, text_mask, image_tokens, context_mask, query, context_latents)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor | int, cond: Conditions,
                 drop_prompt: torch.Tensor | bool | None = None, drop_context: torch.Tensor | bool | None = None,

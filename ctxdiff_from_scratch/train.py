@@ -408,8 +408,8 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
         model = ContextDiffusionModel(model_config, base.frozen_parts)
         model.denoiser.conditioner.load_state_dict(base.conditioner.state_dict())
         model.denoiser.unet.load_state_dict(base.unet.state_dict())
-        if base.denoiser.pixel_tokenizer is not None:
-            model.denoiser.pixel_tokenizer.load_state_dict(base.denoiser.pixel_tokenizer.state_dict())
+        if base.denoiser.context_tokenizer is not None:
+            model.denoiser.context_tokenizer.load_state_dict(base.denoiser.context_tokenizer.state_dict())
     else:
         parts = FrozenParts.load(config.parts_dir)
         model_config = ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder,
@@ -900,9 +900,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge the k context token sequences by sum (paper), mean or concat (stage 1 / joint; stage 2 keeps "
              "its --init model's)")
     add("--tokenizer", choices=TOKENIZERS, default=None,
-        help="each context image's tokens: frozen (the frozen image encoder's, paper; default), pixels (a trainable "
-             "tokenizer over the pixels, one token per 8x8 patch) or both side by side (stage 1 / joint; stage 2 "
-             "keeps its --init model's)")
+        help="each context image's tokens: frozen (the frozen image encoder's, paper; default) or latents (a "
+             "trainable tokenizer over the image's latent, one token per latent position) (stage 1 / joint; stage "
+             "2 keeps its --init model's)")
     add("--pool-size", type=int, default=None, help="pre-encoded training episodes")
     add("--pool-cache", default=None, help="safetensors file to keep the encoded pool between runs")
     add("--fresh-per-step", type=int, default=None,

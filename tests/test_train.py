@@ -322,20 +322,20 @@ def test_pool_cache_round_trip_and_key(parts_dir, tmp_path):
             stored = vars(again.groups[k])[name]
             assert (value is None and stored is None) or torch.equal(value, stored), (k, name)
     assert group.queries.dtype == torch.uint8 and group.image_tokens.dtype == torch.float16
-    assert group.contexts is None  # the frozen encoder's tokens are all this model reads
+    assert group.context_latents is None  # the frozen encoder's tokens are all this model reads
     assert EpisodePool.load(cache, pool_key(model, world, 24, (1, 2, 3))) is None  # another pool size: rebuild
-    # a model that tokenizes the context pixels needs a pool that keeps them: another key, the images as uint8
-    pixels = build_model(tiny(parts_dir, tmp_path / "run", steps=1, tokenizer="pixels"))
-    assert EpisodePool.load(cache, pool_key(pixels, world, 12, (1, 2, 3))) is None
-    pool = load_or_build_pool(pixels, world, 12, (1, 2, 3), tmp_path / "pixels.safetensors", progress=False)
-    again = EpisodePool.load(tmp_path / "pixels.safetensors", pool_key(pixels, world, 12, (1, 2, 3)))
+    # a model that tokenizes the context latents needs a pool that keeps them: another key, the latents as fp16
+    learned = build_model(tiny(parts_dir, tmp_path / "run", steps=1, tokenizer="latents"))
+    assert EpisodePool.load(cache, pool_key(learned, world, 12, (1, 2, 3))) is None
+    pool = load_or_build_pool(learned, world, 12, (1, 2, 3), tmp_path / "latents.safetensors", progress=False)
+    again = EpisodePool.load(tmp_path / "latents.safetensors", pool_key(learned, world, 12, (1, 2, 3)))
     for k, group in pool.groups.items():
-        assert group.contexts.dtype == torch.uint8 and group.contexts.shape == (len(group), k, 3, 32, 32)
-        assert torch.equal(group.contexts, again.groups[k].contexts)
+        latents = group.context_latents
+        assert latents.dtype == torch.float16 and latents.shape == (len(group), k, *learned.latent_shape)
+        assert torch.equal(latents, again.groups[k].context_latents)
         first = world.episode(k - 1, k=k)  # group j (here k = j + 1) starts at seed j
-        assert torch.equal(group.contexts[0], (first.context * 255).round().to(torch.uint8))
         _, cond = group.batch(torch.tensor([0]), "cpu")
-        assert torch.allclose(cond.context_images[0], first.context, atol=1 / 255)
+        assert torch.allclose(cond.context_latents[0], learned.encode_images(first.context), atol=1e-2)
 
 
 def test_resume_refuses_changed_options(stage1):

@@ -1,0 +1,46 @@
+"""A trainable visual tokenizer: each context image's latent -> one token per latent position, trained with Eq. 2.
+
+The frozen image encoder (encoders.py) was trained CLIP-style to match a whole image to its caption, so its tokens
+need not say which shape class each patch shows -- and a denoiser cannot bind "the circle is red" to the query's
+circle without that. With perfect per-patch tokens and cross-attention at the 8x8 level the denoiser learns the
+binding; with the frozen encoder's tokens it does not (docs/experiments.md, sections 19 and 21). This module learns
+per-patch tokens end to end, with the denoiser, from the same loss. It reads the context image's latent z = E(v)
+from the frozen autoencoder, whose every position already describes one 8x8-pixel patch:
+
+    f_z(v) = Conv_2(SiLU(Conv_1(E(v)))) + P              (C, h, w) -> (D_v, h, w) -> (h*w, D_v) tokens
+
+two 3x3 convolutions, so each token sees 5x5 latent positions (40 pixels around its patch, a whole shape), and P,
+a learned embedding of the position, so tokens keep where they came from. A tokenizer over the pixels themselves
+(three stride-2 convolutions) learned more slowly at 1.5x the cost in the same screen (section 21). The tokens have
+the frozen encoder's width D_v and enter Eq. 3 in their place (``ContextConfig.tokenizer = "latents"``): combined
+over the k images, projected, and read by the UNet's cross-attention.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .context import encode_context_images
+
+
+class LatentTokenizer(nn.Module):
+    """Context latents (B, k, C, h, w) -> tokens (B, k, h*w, D_v); zeros in padded slots."""
+
+    def __init__(self, latent_channels: int, grid: int, dim: int, hidden: int = 128):
+        super().__init__()
+        self.latent_channels, self.grid = latent_channels, grid
+        self.net = nn.Sequential(nn.Conv2d(latent_channels, hidden, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(hidden, dim, 3, padding=1))
+        self.position = nn.Parameter(0.02 * torch.randn(grid * grid, dim))  # P: one per latent position
+
+    def tokenize(self, latents: torch.Tensor) -> torch.Tensor:
+        """(n, C, h, w) -> (n, h*w, D_v)."""
+        if latents.shape[1:] != (self.latent_channels, self.grid, self.grid):
+            raise ValueError(f"the latent tokenizer reads (n, {self.latent_channels}, {self.grid}, {self.grid}) "
+                             f"context latents, got {tuple(latents.shape)}.")
+        features = self.net(latents)  # (n, C, h, w) -> (n, D_v, h, w)
+        return features.flatten(2).transpose(1, 2) + self.position  # -> (n, D_v, h*w) -> (n, h*w, D_v)
+
+    def forward(self, context_latents: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor | None:
+        """context_latents (B, k, C, h, w), context_mask (B, k) bool -> (B, k, h*w, D_v); None without context."""
+        return encode_context_images(self.tokenize, context_latents, context_mask)
