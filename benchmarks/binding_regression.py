@@ -19,12 +19,17 @@ mean colour of its own class in the context ("perfect binding", flat colours).
 * ``oracle``: perfect tokens, read off the layouts: per 8x8-pixel patch the share of each shape class and of the
   background, and the mean colours of its shape and background pixels, through one trainable linear layer.
 
-Each gets a learned position embedding (``latent``, ``oracle``) and, with ``--image-index``, a learned embedding of
-which of the k images a token came from. If the denoiser binds with oracle tokens but not with the frozen ones, the
-limit is h^V; if it fails even with oracle tokens, the limit is where and how the denoiser reads them.
+Each gets a learned position embedding (``latent``, ``pixels``, ``oracle``) and, with ``--image-index``, a learned
+embedding of which of the k images a token came from. ``--class-weight w`` (trainable tokenizers) adds w times an
+auxiliary loss that makes each token name its patch: a linear head predicts the patch's class shares (the oracle's
+first 7 features) from the token, cross-entropy against them; it asks whether tokens that *know* the classes are what
+the denoiser needs, as the frozen encoder could be trained to provide.
+
+If the denoiser binds with oracle tokens but not with the frozen ones, the limit is h^V; if it fails even with oracle
+tokens, the limit is where and how the denoiser reads them.
 
 Run: ``.venv/bin/python benchmarks/binding_regression.py --tokens oracle --minutes 30 --out runs/binding/oracle``
-(one thread: ~1 step/s). Measured tables: docs/experiments.md, section 19.
+(one thread: ~1 step/s). Measured tables: docs/experiments.md, sections 19 and 21.
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ def oracle_features(image: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
 class ContextTokenizer(nn.Module):
     """The k context images -> (B, k, N_v, D_v) tokens, for each ``--tokens`` choice."""
 
-    def __init__(self, kind: str, parts: FrozenParts, image_index: bool):
+    def __init__(self, kind: str, parts: FrozenParts, image_index: bool, class_loss: bool = False):
         super().__init__()
         self.kind, self.parts = kind, parts
         dim, grid = parts.image_encoder.config.dim, parts.image_encoder.config.grid
@@ -94,6 +99,8 @@ class ContextTokenizer(nn.Module):
             self.net = nn.Linear(ORACLE_FEATURES, dim)
         self.position = nn.Parameter(0.02 * torch.randn(grid * grid, dim)) if kind != "frozen" else None
         self.index = nn.Parameter(0.02 * torch.randn(K, 1, dim)) if image_index else None
+        self.class_head = nn.Linear(dim, len(SHAPE_CLASSES) + 1) if class_loss else None
+        self.last_tokens: torch.Tensor | None = None  # the latest forward's tokens, for the auxiliary loss
 
     def forward(self, batch: dict) -> torch.Tensor:
         if self.kind == "frozen":
@@ -109,12 +116,18 @@ class ContextTokenizer(nn.Module):
             tokens = tokens + self.position  # (g*g, D) broadcasts over (B, k)
         if self.index is not None:
             tokens = tokens + self.index  # (k, 1, D): which context image a token came from
+        self.last_tokens = tokens
         return tokens
+
+    def class_loss(self, shares: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the head's class distribution per token against the patch's class shares (B, k, g*g, 7)."""
+        log_probs = F.log_softmax(self.class_head(self.last_tokens), dim=-1)  # (B, k, g*g, D) -> (B, k, g*g, 7)
+        return -(shares * log_probs).sum(-1).mean()
 
 
 @torch.no_grad()
 def build_batch(world: ShapesWorld, model: ContextDiffusionModel, parts: FrozenParts, seeds: list[int],
-                tasks: list[str], kind: str) -> dict:
+                tasks: list[str], kind: str, with_shares: bool = False) -> dict:
     """Render the episodes and run the frozen parts once: query, target, z_0, shape mask and the tokenizer's input."""
     episodes = [world.episode(seed, task=task, k=K) for seed, task in zip(seeds, tasks)]
     target = torch.stack([e.target for e in episodes])  # (B, 3, H, W)
@@ -133,7 +146,7 @@ def build_batch(world: ShapesWorld, model: ContextDiffusionModel, parts: FrozenP
     elif kind == "latent":
         latents = model.encode_images(flat)  # (B*k, C, g, g)
         batch["latent"] = latents.view(len(seeds), K, *latents.shape[1:])  # -> (B, k, C, g, g)
-    else:
+    if kind == "oracle" or with_shares:
         batch["oracle"] = torch.stack([torch.stack([oracle_features(image, rasterize(layout, world.size).classes)
                                                     for image, layout in zip(e.context, s.context_layouts)])
                                        for e, s in zip(episodes, specs)])  # (B, k, g*g, 13)
@@ -167,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-index", action="store_true", help="add a learned embedding of each token's image")
     parser.add_argument("--attention-8x8", action="store_true",
                         help="cross-attention also at the UNet's 8x8 level (head_dim 16), not only 4x4 and 2x2")
+    parser.add_argument("--class-weight", type=float, default=0.0,
+                        help="weight of the auxiliary per-token class loss (trainable tokenizers; 0: off)")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -188,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     model = ContextDiffusionModel(config, parts)
     model.denoiser.adapter = QueryAdapter.from_unet(model.unet, config.adapter)  # ControlNet-style: copy the encoder
     denoiser = model.denoiser.train()
-    tokenizer = ContextTokenizer(args.tokens, parts, args.image_index)
+    if args.class_weight and args.tokens not in ("latent", "pixels"):
+        parser.error("--class-weight trains a tokenizer to name its patches: use --tokens latent or pixels")
+    tokenizer = ContextTokenizer(args.tokens, parts, args.image_index, class_loss=args.class_weight > 0)
     params = list(denoiser.parameters()) + list(tokenizer.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
@@ -221,10 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     while time.time() - start < args.minutes * 60:
         seeds = [TRAIN_SEED_BASE + args.batch_size * step + i for i in range(args.batch_size)]
         tasks = [FORWARD_TASKS[(step * args.batch_size + i) % len(FORWARD_TASKS)] for i in range(args.batch_size)]
-        batch = build_batch(world, model, parts, seeds, tasks, args.tokens)
+        batch = build_batch(world, model, parts, seeds, tasks, args.tokens, with_shares=args.class_weight > 0)
         noise = torch.randn_like(batch["z0"])
         # the conditional mean: from pure noise at t = T - 1, predict z_0 directly
         loss = F.mse_loss(denoiser(noise, last_t.expand(len(seeds)), conditions(batch)), batch["z0"])
+        if args.class_weight:
+            loss = loss + args.class_weight * tokenizer.class_loss(batch["oracle"][..., :len(SHAPE_CLASSES) + 1])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -92,11 +92,11 @@ def test_colour_binding_runs_on_the_shipped_pipeline(tmp_path):
     assert "own colour" in result.stdout
 
 
-@pytest.mark.parametrize("tokens", ["oracle", "latent", "pixels"])
-def test_binding_regression_trains_and_reports_against_its_bounds(tmp_path, tokens):
+@pytest.mark.parametrize("tokens, extra", [("oracle", []), ("latent", []), ("pixels", ["--class-weight", "1"])])
+def test_binding_regression_trains_and_reports_against_its_bounds(tmp_path, tokens, extra):
     out = tmp_path / tokens
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "binding_regression.py"), "--tokens", tokens,
-                             "--minutes", "0.02", "--batch-size", "2", "--eval-every", "1", "--out", str(out)],
+                             "--minutes", "0.02", "--batch-size", "2", "--eval-every", "1", "--out", str(out), *extra],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
