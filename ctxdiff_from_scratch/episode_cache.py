@@ -13,7 +13,8 @@ over the groups, so no two episodes share a seed.
 Memory: targets as fp32 latents, queries as uint8 images (the worlds' images are 8-bit anyway), tokens as fp16.
 The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB. A model that
 tokenizes the context itself (``ContextConfig.tokenizer = "latents"``) also keeps the context latents, as fp16:
-about 0.08 GB more for that pool (48x8x8 latents).
+about 0.08 GB more for that pool (48x8x8 latents). The Prompt-Diffusion-style baseline reads example pairs
+(``baselines/prompt_diffusion.py``): its pool keeps each context image and its source as uint8 images.
 
 A fixed pool is seen again and again (6000 episodes, a few hundred times each in a long run), and a network that can
 memorise its episodes need not learn to read the context. :class:`PoolRefresher` therefore overwrites a rotating
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .context import encode_context_images
 from .data import collate_episodes
+from .baselines.prompt_diffusion import PairConditions
 from .model import Conditions, ContextDiffusionModel
 
 ENCODE_BATCH = 128  # episodes encoded per forward pass while building the pool
@@ -52,6 +54,8 @@ class EpisodeGroup:
     text_tokens:  (n, L, D_c) fp16 or None (no prompts in this world); text_mask (n, L) bool (False on "" prompts)
     context_latents: (n, k, C, h, w) fp16 the context images' latents, or None (a model that reads only the
                   frozen encoder's tokens)
+    pair_sources, pair_targets: (n, k, 3, H, W) uint8 each context image's source view and the image itself, for a
+                  model that reads example pairs (``model.reads_pairs``); else None
     """
 
     latents: torch.Tensor
@@ -60,6 +64,8 @@ class EpisodeGroup:
     text_tokens: torch.Tensor | None
     text_mask: torch.Tensor | None
     context_latents: torch.Tensor | None = None
+    pair_sources: torch.Tensor | None = None
+    pair_targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -79,8 +85,12 @@ class EpisodeGroup:
         query = self.queries[index].to(device, torch.float32) / 255.0
         context_latents = (None if self.context_latents is None
                            else self.context_latents[index].to(device, torch.float32))  # (B, k, C, h, w)
-        return self.latents[index].to(device), Conditions(text_tokens, text_mask, image_tokens, context_mask, query,
-                                                          context_latents)
+        cond = Conditions(text_tokens, text_mask, image_tokens, context_mask, query, context_latents)
+        if self.pair_sources is not None:
+            sources, targets = (images[index].to(device, torch.float32) / 255.0
+                                for images in (self.pair_sources, self.pair_targets))  # (B, k, 3, H, W)
+            cond = PairConditions.from_conditions(cond, sources, targets)
+        return self.latents[index].to(device), cond
 
     def write(self, slots: torch.Tensor, fresh: "EpisodeGroup") -> None:
         """Overwrite the episodes at ``slots`` (m,) with ``fresh``'s m episodes (same k), in place.
@@ -95,8 +105,9 @@ class EpisodeGroup:
             self.text_tokens[slots], self.text_mask[slots] = fresh.text_tokens, fresh.text_mask
         self.latents[slots], self.queries[slots], self.image_tokens[slots] = (fresh.latents, fresh.queries,
                                                                                fresh.image_tokens)
-        if self.context_latents is not None:
-            self.context_latents[slots] = fresh.context_latents
+        for name in ("context_latents", "pair_sources", "pair_targets"):
+            if getattr(self, name) is not None:
+                getattr(self, name)[slots] = getattr(fresh, name)
 
 
 class EpisodePool:
@@ -154,7 +165,8 @@ class EpisodePool:
         tensors = load_file(str(path))
         groups = {}
         for k in key["k_choices"]:
-            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask", "context_latents")
+            fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask", "context_latents",
+                      "pair_sources", "pair_targets")
             groups[k] = EpisodeGroup(*(tensors.get(f"k{k}.{name}") for name in fields))
         return cls(groups, key)
 
@@ -169,6 +181,7 @@ def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tup
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
             "image_size": model.config.image_size, "context_latents": model.config.context.learns_tokens,
+            "pairs": model.reads_pairs,
             "parts_sha1": digest.hexdigest()}
 
 
@@ -211,9 +224,14 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
     if model.config.context.learns_tokens:
         context_latents = encode_context_images(model.encode_images, batch.context, batch.context_mask)
         context_latents = context_latents.half().cpu()  # (n, k, C, h, w)
+    pair_sources = pair_targets = None
+    if model.reads_pairs:
+        to_bytes = lambda images: (images * 255).round().to(torch.uint8).cpu()  # noqa: E731
+        pair_sources = to_bytes(torch.stack([world.context_sources(seed, k=k) for seed in seeds]))  # (n, k, 3, H, W)
+        pair_targets = to_bytes(batch.context)
     if bar is not None:
         bar.update(len(seeds))
-    return latents, queries, image_tokens, text_tokens, text_mask, context_latents
+    return latents, queries, image_tokens, text_tokens, text_mask, context_latents, pair_sources, pair_targets
 
 
 def _trim_text(groups: dict[int, EpisodeGroup]) -> dict[int, EpisodeGroup]:

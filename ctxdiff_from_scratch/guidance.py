@@ -38,7 +38,9 @@ class Predictor(Protocol):
 
 
 def has_context(cond) -> bool:
-    """True when some sample of the batch has at least one real context image."""
+    """True when some sample of the batch has at least one real context image (or example pair)."""
+    if getattr(cond, "pair_mask", None) is not None:  # baselines.prompt_diffusion.PairConditions
+        return bool(cond.pair_mask.any())
     if cond.image_tokens is None or cond.image_tokens.shape[1] == 0:
         return False
     return cond.context_mask is None or bool(cond.context_mask.any())

@@ -242,6 +242,8 @@ class ContextDiffusionModel(nn.Module):
     >>> out = model.predict(z_t, t, cond)            # eps or v, per model.schedule.prediction_type
     """
 
+    reads_pairs = False  # True for a model whose context is example (source, target) pairs (the PD-style baseline)
+
     def __init__(self, config: ModelConfig, parts: FrozenParts):
         super().__init__()
         _check_parts_fit(config, parts)

@@ -73,7 +73,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import QueryAdapter, freeze_base_encoder
+from .adapter import freeze_base_encoder
+from .baselines.prompt_diffusion import PairDiffusionModel
 from .checkpoint import config_from_dict, load_part, save_part
 from .config import COMBINE_MODES, TOKENIZERS, AdapterConfig, ContextConfig, UNET_PROFILES, UNetConfig
 from .data import WORLDS, make_world
@@ -136,6 +137,7 @@ class TrainConfig:
     k_choices: tuple[int, ...] = (1, 2, 3)
     combine: str | None = None     # merge of the k context token sequences; None: "sum" in stage 1, --init's in 2
     tokenizer: str | None = None   # the context images' tokens (TOKENIZERS); None: "frozen" in stage 1, --init's in 2
+    baseline: str | None = None    # "prompt-diffusion": train the PD-style baseline (joint only) instead of the model
     p_drop_prompt: float = 0.5
     p_drop_context: float = 0.1
     p_drop_both: float = 0.05
@@ -177,6 +179,13 @@ class TrainConfig:
                              "stage-1 run).")
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {COMBINE_MODES}.")
+        if self.baseline not in (None, "prompt-diffusion"):
+            raise ValueError(f"unknown baseline {self.baseline!r}; the one trained here is 'prompt-diffusion'.")
+        if self.baseline and not self.joint:
+            raise ValueError("the Prompt-Diffusion-style baseline trains its UNet and pair adapter together: add "
+                             "--joint (it has no stage-1 model of its own).")
+        if self.baseline and self.tokenizer not in (None, "frozen"):
+            raise ValueError("the Prompt-Diffusion-style baseline reads no visual tokens: drop --tokenizer.")
         if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
             raise ValueError(f"unknown context tokenizer {self.tokenizer!r}; choose one of {TOKENIZERS}.")
         if self.unet_profile not in UNET_PROFILES:
@@ -418,10 +427,11 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
                                               combine=config.combine or ContextConfig.combine,
                                               tokenizer=config.tokenizer or ContextConfig.tokenizer,
                                               **config.unet_overrides)
-        model = ContextDiffusionModel(model_config, parts)
+        model_class = PairDiffusionModel if config.baseline else ContextDiffusionModel
+        model = model_class(model_config, parts)
     if model.adapter is not None:
         # ControlNet's trainable copy: the adapter's encoder starts as the base encoder (random in a joint run)
-        model.denoiser.adapter = QueryAdapter.from_unet(model.unet, model_config.adapter)
+        model.denoiser.adapter = type(model.adapter).from_unet(model.unet, model_config.adapter)
     if config.stage == 2:
         freeze_base_encoder(model.unet)
     return model
@@ -903,6 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="each context image's tokens: frozen (the frozen image encoder's, paper; default) or latents (a "
              "trainable tokenizer over the image's latent, one token per latent position) (stage 1 / joint; stage "
              "2 keeps its --init model's)")
+    add("--baseline", choices=("prompt-diffusion",), default=None,
+        help="train the Prompt-Diffusion-style baseline (example pairs in the query adapter, text-only "
+             "cross-attention; baselines/prompt_diffusion.py) instead of Context Diffusion; needs --joint")
     add("--pool-size", type=int, default=None, help="pre-encoded training episodes")
     add("--pool-cache", default=None, help="safetensors file to keep the encoded pool between runs")
     add("--fresh-per-step", type=int, default=None,

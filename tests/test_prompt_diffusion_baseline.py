@@ -1,4 +1,5 @@
 """The Prompt-Diffusion-style baseline: pairs in the adapter, text-only cross-attention, the worlds' pair sources."""
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -228,3 +229,37 @@ def test_glyph_pairs_are_the_context_characters_in_the_reference_and_the_target_
     batch, sources = episode_pairs(world, range(2), None, 4)
     assert sources.shape == batch.context.shape == (2, 4, 3, SIZE, SIZE)
     assert world.episode_characters(0, k=5)[2].startswith(world.episode_characters(0, k=3)[2])
+
+
+# --- training the baseline with the project's trainer ----------------------------------------------------------------
+def test_the_trainer_trains_the_baseline_on_pooled_pairs_and_guidance_sees_them(tmp_path):
+    from ctxdiff_from_scratch.episode_cache import EpisodePool, pool_key
+    from ctxdiff_from_scratch.guidance import has_context
+    from ctxdiff_from_scratch.model import save_frozen_parts
+    from ctxdiff_from_scratch.train import TrainConfig, build_model, main
+
+    world = ShapesWorld("train", size=SIZE)
+    parts = tmp_path / "parts"
+    save_frozen_parts(FrozenParts.untrained(SIZE, [world.styled_image(s)[1] for s in range(60)]), parts)
+    cache = tmp_path / "pool.safetensors"
+    main(["--profile", "tiny", "--parts", str(parts), "--out", str(tmp_path / "pd"), "--steps", "3", "--joint",
+          "--baseline", "prompt-diffusion", "--pool-cache", str(cache), "--fresh-per-step", "1"])
+    model = PairDiffusionModel.from_pretrained(tmp_path / "pd")
+    assert isinstance(model.adapter, PairAdapter) and model.reads_pairs
+    untrained = build_model(TrainConfig.from_profile("tiny", parts=str(parts), joint=True, baseline="prompt-diffusion"))
+    assert not torch.equal(model.adapter.hint.pair_encoder.net[0].weight,
+                           untrained.adapter.hint.pair_encoder.net[0].weight)  # the pairs' encoder trained
+    # the pool holds each context image and its source; a batch of it is PairConditions
+    pool = EpisodePool.load(cache, pool_key(model, world, 24, (1, 2, 3)))
+    group = pool.groups[2]
+    assert group.pair_sources.dtype == torch.uint8 and group.pair_sources.shape == (len(group), 2, 3, SIZE, SIZE)
+    first = 1  # group j (here k = j + 1) starts at seed j
+    assert torch.equal(group.pair_sources[0], (world.context_sources(first, k=2) * 255).round().to(torch.uint8))
+    assert torch.equal(group.pair_targets[0], (world.episode(first, k=2).context * 255).round().to(torch.uint8))
+    _, cond = group.batch(torch.tensor([0, 1]), "cpu")
+    assert isinstance(cond, PairConditions) and cond.image_tokens is None and has_context(cond)  # pairs only
+    assert not has_context(dataclasses.replace(cond, pair_mask=torch.zeros_like(cond.pair_mask)))
+    with pytest.raises(ValueError, match="needs --joint|add --joint"):
+        TrainConfig.from_profile("tiny", baseline="prompt-diffusion")
+    with pytest.raises(ValueError, match="drop --tokenizer"):
+        TrainConfig.from_profile("tiny", joint=True, baseline="prompt-diffusion", tokenizer="latents")

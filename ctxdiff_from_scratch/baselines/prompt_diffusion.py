@@ -126,8 +126,7 @@ class PairConditions(Conditions):
     pair_sources, pair_targets: (B, k, 3, H, W) in [0, 1], the sources (e.g. segmentation maps) and targets (the
     context images) of the pairs; pair_mask: (B, k) bool, True on real pairs.
 
-    Dual guidance decides from ``guidance.has_context``, which counts visual tokens only: until it also counts pairs,
-    it treats these conditions as context-free, so the pairs are always given and never guided.
+    Dual guidance decides from ``guidance.has_context``, which counts these pairs as the context.
     """
 
     pair_sources: torch.Tensor = field(kw_only=True)
@@ -194,6 +193,8 @@ class PairDiffusionModel(ContextDiffusionModel):
     >>> cond = model.encode_pair_conditions(query, pair_sources, pair_targets, prompts=prompts)
     >>> out = model.predict(z_t, t, cond)
     """
+
+    reads_pairs = True
 
     def __init__(self, config: ModelConfig, parts: FrozenParts):
         super().__init__(config, parts)
