@@ -235,14 +235,25 @@ def episode_seeds(config: EvalConfig) -> range:
     return range(config.first_seed, config.first_seed + config.episodes)
 
 
-def generate_episodes(pipe, episodes: Sequence[Episode], setting: str, config: EvalConfig) -> torch.Tensor:
-    """Generate every episode's output in ``setting`` -> (N, 3, H, W), in batches of ``config.batch_size``."""
+def episode_sources(pipe, world, seeds: Sequence[int], task: str | None, k: int) -> torch.Tensor | None:
+    """The context sources (N, k, 3, H, W) of episodes ``seeds`` when ``pipe``'s model reads example pairs (the
+    Prompt-Diffusion-style baseline), else None."""
+    if not pipe.model.reads_pairs:
+        return None
+    return torch.stack([world.context_sources(seed, task=task, k=k) for seed in seeds])  # N x (k, 3, H, W)
+
+
+def generate_episodes(pipe, episodes: Sequence[Episode], setting: str, config: EvalConfig,
+                      sources: torch.Tensor | None = None) -> torch.Tensor:
+    """Generate every episode's output in ``setting`` -> (N, 3, H, W), in batches of ``config.batch_size``;
+    ``sources`` (N, k, 3, H, W): the context's source views, for a model that reads pairs (:func:`episode_sources`)."""
     use_context, use_prompt = SETTINGS[setting]
     outputs = []
     for index, start in enumerate(range(0, len(episodes), config.batch_size)):
         batch = collate_episodes(list(episodes[start:start + config.batch_size]))
+        pair_sources = None if sources is None or not use_context else sources[start:start + config.batch_size]
         outputs.append(pipe(query=batch.query,
-                            context=batch.context if use_context else None,
+                            context=batch.context if use_context else None, context_sources=pair_sources,
                             prompt=batch.prompts if use_prompt else None,
                             num_inference_steps=config.steps, guidance_scale_context=config.guidance_scale_context,
                             guidance_scale_prompt=config.guidance_scale_prompt, seed=config.seed + index,
@@ -288,11 +299,12 @@ def evaluate_shapes(pipe, config: EvalConfig | None = None, tasks: Sequence[str]
     for task in tasks:
         seeds = episode_seeds(config)
         episodes = [world.episode(seed, task=task, k=config.k) for seed in seeds]
+        sources = episode_sources(pipe, world, seeds, task, config.k)
         batch = collate_episodes(episodes)
         outputs = {MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
         for setting in config.settings:
             bar.set_postfix_str(f"{task} {setting}")
-            outputs[setting] = generate_episodes(pipe, episodes, setting, config)
+            outputs[setting] = generate_episodes(pipe, episodes, setting, config, sources)
             bar.update()
         mses[task] = {c: per_image_mse(outputs[c], batch.target) for c in columns}
         if task in FORWARD_TASKS:
@@ -348,10 +360,11 @@ def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | 
     table: dict[str, dict[str, dict[str, float]]] = {"rmse": {}, "iou": {}}
     for row, row_world in worlds.items():
         episodes = [row_world.episode(seed, k=config.k) for seed in episode_seeds(config)]
+        sources = episode_sources(pipe, row_world, episode_seeds(config), None, config.k)
         batch = collate_episodes(episodes)
         outputs = {QUERY_GLYPH: batch.query, MEAN_COLOUR: mean_colour_baseline(batch.context, batch.context_mask)}
         for setting in tqdm(settings, desc=f"eval glyphs ({row})", **({} if config.progress else {"disable": True})):
-            outputs[setting] = generate_episodes(pipe, episodes, setting, config)
+            outputs[setting] = generate_episodes(pipe, episodes, setting, config, sources)
         table["rmse"][row] = {c: rmse(outputs[c], batch.target) for c in columns}
         table["iou"][row] = {c: glyph_iou(outputs[c], batch.target).mean().item() for c in columns}
     return {"world": "glyphs", "split": worlds["font2font"].split, "config": dataclasses.asdict(config), **table}
@@ -366,7 +379,8 @@ def k_shot_scaling(pipe, world, task: str | None = None, ks: Sequence[int] = (1,
     for k in tqdm(ks, desc="k-shot", **({} if config.progress else {"disable": True})):
         episodes = [world.episode(seed, task=task, k=k) for seed in episode_seeds(config)]
         target = torch.stack([ep.target for ep in episodes])  # N x (3, H, W) -> (N, 3, H, W)
-        scores[int(k)] = rmse(generate_episodes(pipe, episodes, setting, config), target)
+        sources = episode_sources(pipe, world, episode_seeds(config), task, k)
+        scores[int(k)] = rmse(generate_episodes(pipe, episodes, setting, config, sources), target)
     return scores
 
 

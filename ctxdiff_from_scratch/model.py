@@ -55,6 +55,7 @@ class ModelConfig:
     world:      which world the model was trained on ("shapes", "glyphs"); informational
     image_size: side of the images (query, target) in pixels = the autoencoder's image size
     unet, context, adapter: the parts' configs; ``adapter=None`` is the stage-1 base model without a query
+    baseline:   None for Context Diffusion; "prompt-diffusion" for the PD-style baseline (baselines/prompt_diffusion.py)
     schedule:   the noise schedule, including ``prediction_type`` ("v_prediction" by default)
     """
 
@@ -64,6 +65,7 @@ class ModelConfig:
     context: ContextConfig = field(default_factory=ContextConfig)
     adapter: AdapterConfig | None = None
     schedule: ScheduleConfig = DEFAULT_SCHEDULE
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
         if self.context.context_dim != self.unet.context_dim:
@@ -333,12 +335,18 @@ class ContextDiffusionModel(nn.Module):
 
     @torch.no_grad()
     def encode_conditions(self, query: torch.Tensor, context: torch.Tensor | None = None,
-                          context_mask: torch.Tensor | None = None, prompts: list[str] | None = None) -> Conditions:
+                          context_mask: torch.Tensor | None = None, prompts: list[str] | None = None,
+                          context_sources: torch.Tensor | None = None) -> Conditions:
         """Run the frozen encoders once for a batch.
 
         query (B, 3, H, W) in [0, 1] with H = W = ``config.image_size``; context (B, k, 3, H, W) or None (k = 0);
-        context_mask (B, k) bool, default all True; prompts: B strings or None ("" = no prompt).
+        context_mask (B, k) bool, default all True; prompts: B strings or None ("" = no prompt). context_sources
+        (each context image's source view) is for models that read example pairs (``reads_pairs``); Context
+        Diffusion's context is the target-domain images alone, so it must be None here.
         """
+        if context_sources is not None and not self.reads_pairs:
+            raise ValueError("context_sources are example-pair inputs of the Prompt-Diffusion-style baseline; Context "
+                             "Diffusion reads the context images alone: leave them out.")
         size = self.config.image_size
         if query.ndim != 4 or tuple(query.shape[1:]) != (3, size, size):
             raise ValueError(f"query must be (B, 3, {size}, {size}) in [0, 1], got {tuple(query.shape)}; resize it "
@@ -399,7 +407,10 @@ class ContextDiffusionModel(nn.Module):
             raise FileNotFoundError(f"{folder} has no {DENOISER_NAME}.json: it is not a trained model folder. Train "
                                     "one with `python -m ctxdiff_from_scratch train --world W --out FOLDER`.")
         state, config_dict, metadata = load_part(folder, DENOISER_NAME)
-        model = cls(ModelConfig.from_dict(config_dict), FrozenParts.load(folder))
+        config, model_class = ModelConfig.from_dict(config_dict), cls
+        if config.baseline == "prompt-diffusion" and not cls.reads_pairs:
+            from .baselines.prompt_diffusion import PairDiffusionModel as model_class  # the saved model's own class
+        model = model_class(config, FrozenParts.load(folder))
         model.denoiser.load_state_dict(state)
         model.metadata = metadata
         return model.to(device or "cpu").eval()

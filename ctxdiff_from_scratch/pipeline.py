@@ -297,7 +297,7 @@ class ContextDiffusionPipeline:
     def __call__(self, query, context=None, prompt=None, num_inference_steps: int = 25,
                  guidance_scale_context: float | None = None, guidance_scale_prompt: float | None = None,
                  seed: int | None = 0, sampler: str | Sampler = "ddim", eta: float = 0.0, progress: bool = True,
-                 return_trajectory: bool = False) -> torch.Tensor | PipelineOutput:
+                 return_trajectory: bool = False, context_sources=None) -> torch.Tensor | PipelineOutput:
         """Generate one image per query -> (B, 3, H, W) float in [0, 1] on the CPU.
 
         num_inference_steps:    denoising steps (DDIM: 25 is plenty; DDPM needs more)
@@ -308,6 +308,8 @@ class ContextDiffusionPipeline:
                                 device; None draws a fresh seed
         sampler, eta:           "ddim" (eta = 0 deterministic, 1 = DDPM-like noise) or "ddpm"
         return_trajectory:      also return the decoded x0 prediction of every step (a :class:`PipelineOutput`)
+        context_sources:        the source view of each context image, in the context's form: only for a model
+                                that reads example pairs (the Prompt-Diffusion-style baseline)
         """
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
                 or num_inference_steps < 1:
@@ -316,7 +318,15 @@ class ContextDiffusionPipeline:
         model, device = self.model, self.device
         chosen = make_sampler(sampler, model.schedule, eta)
         query, context, context_mask, prompts = self.prepare_inputs(query, context, prompt)
-        cond = model.encode_conditions(query.to(device), context.to(device), context_mask.to(device), prompts)
+        sources = None
+        if context_sources is not None:
+            sources, source_mask = prepare_context(context_sources, query.shape[0], self.image_size)
+            if sources.shape != context.shape or not torch.equal(source_mask, context_mask):
+                raise ValueError(f"context_sources {tuple(sources.shape)} must match the context "
+                                 f"{tuple(context.shape)}: one source per context image.")
+            sources = sources.to(device)
+        cond = model.encode_conditions(query.to(device), context.to(device), context_mask.to(device), prompts,
+                                       context_sources=sources)
         guided = guided_model_fn(model, cond, scale_context, scale_prompt)
         predictions = []
 

@@ -263,3 +263,34 @@ def test_the_trainer_trains_the_baseline_on_pooled_pairs_and_guidance_sees_them(
         TrainConfig.from_profile("tiny", baseline="prompt-diffusion")
     with pytest.raises(ValueError, match="drop --tokenizer"):
         TrainConfig.from_profile("tiny", joint=True, baseline="prompt-diffusion", tokenizer="latents")
+    # the saved baseline loads as itself through the pipeline, and the evaluation hands it the context's sources
+    from ctxdiff_from_scratch.evaluate import EvalConfig, evaluate_shapes
+    from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
+
+    pipe = ContextDiffusionPipeline.from_pretrained(tmp_path / "pd")
+    assert isinstance(pipe.model, PairDiffusionModel) and pipe.model.config.baseline == "prompt-diffusion"
+    config = EvalConfig(episodes=2, steps=2, batch_size=2, settings=("C", "none"), split="train", progress=False)
+    results = evaluate_shapes(pipe, config, tasks=["seg2img"], world=world)
+    assert 0 < results["rmse"]["seg2img"]["C"] < 1 and results["rmse"]["seg2img"]["C"] != \
+        results["rmse"]["seg2img"]["none"]  # the pairs reach the output
+    episode = world.episode(5, task="seg2img", k=2)
+    sources = world.context_sources(5, task="seg2img", k=2)
+    image = pipe(episode.query, episode.context, context_sources=sources, num_inference_steps=2, progress=False)
+    assert image.shape == (1, 3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="reads example pairs: pass context_sources"):
+        pipe(episode.query, episode.context, num_inference_steps=2, progress=False)
+    with pytest.raises(ValueError, match="must match the context"):
+        pipe(episode.query, episode.context, context_sources=sources[:1], num_inference_steps=2, progress=False)
+
+
+def test_context_diffusion_refuses_pair_sources():
+    world = ShapesWorld("train", size=SIZE)
+    parts = FrozenParts.untrained(SIZE, [world.styled_image(s)[1] for s in range(60)])
+    from ctxdiff_from_scratch.model import ContextDiffusionModel
+
+    model = ContextDiffusionModel(ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder,
+                                                         unet_profile="tiny"), parts)
+    episode = world.episode(0, k=1)
+    with pytest.raises(ValueError, match="Context Diffusion reads the context images alone"):
+        model.encode_conditions(episode.query[None], episode.context[None],
+                                context_sources=world.context_sources(0, k=1)[None])

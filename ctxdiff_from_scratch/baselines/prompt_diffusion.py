@@ -197,9 +197,26 @@ class PairDiffusionModel(ContextDiffusionModel):
     reads_pairs = True
 
     def __init__(self, config: ModelConfig, parts: FrozenParts):
+        config = dataclasses.replace(config, baseline="prompt-diffusion")  # from_pretrained then rebuilds this class
         super().__init__(config, parts)
         self.denoiser = PairDenoiser(config).to(self.device)
         self.train(False)
+
+    @torch.no_grad()
+    def encode_conditions(self, query: torch.Tensor, context: torch.Tensor | None = None,
+                          context_mask: torch.Tensor | None = None, prompts: list[str] | None = None,
+                          context_sources: torch.Tensor | None = None) -> PairConditions:
+        """``ContextDiffusionModel.encode_conditions`` for pairs: context (B, k, 3, H, W) holds the pairs' targets,
+        context_sources (B, k, 3, H, W) their sources (``world.context_sources``); no context gives k = 0 pairs."""
+        if context is None or context.shape[1] == 0:
+            empty = query.new_zeros(query.shape[0], 0, *query.shape[1:])  # (B, 0, 3, H, W): no pair
+            return self.encode_pair_conditions(query, empty, empty, prompts=prompts)
+        if context_sources is None or context_sources.shape != context.shape:
+            raise ValueError(f"the Prompt-Diffusion-style baseline reads example pairs: pass context_sources of the "
+                             f"context's shape {tuple(context.shape)}, the source view of each context image (e.g. "
+                             f"world.context_sources(seed, task, k)), got "
+                             f"{None if context_sources is None else tuple(context_sources.shape)}.")
+        return self.encode_pair_conditions(query, context_sources, context, context_mask, prompts)
 
     @torch.no_grad()
     def encode_pair_conditions(self, query: torch.Tensor, pair_sources: torch.Tensor, pair_targets: torch.Tensor,
@@ -207,7 +224,7 @@ class PairDiffusionModel(ContextDiffusionModel):
                                ) -> PairConditions:
         """The frozen encoders' prompt tokens and the raw pairs: query (B, 3, H, W), pair_sources and pair_targets
         (B, k, 3, H, W) in [0, 1], pair_mask (B, k) bool (None: all real), prompts B strings or None."""
-        return PairConditions.from_conditions(self.encode_conditions(query, prompts=prompts), pair_sources,
+        return PairConditions.from_conditions(super().encode_conditions(query, prompts=prompts), pair_sources,
                                               pair_targets, pair_mask)
 
 
