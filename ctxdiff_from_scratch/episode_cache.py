@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .baselines.prompt_diffusion import PairConditions
 from .context import encode_context_images
 from .data import collate_episodes
-from .baselines.prompt_diffusion import PairConditions
 from .model import Conditions, ContextDiffusionModel
 
 ENCODE_BATCH = 128  # episodes encoded per forward pass while building the pool
@@ -172,8 +172,8 @@ class EpisodePool:
 
 
 def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...]) -> dict:
-    """What a pool depends on: the world, its size, the k's, whether it keeps the context latents, and a
-    fingerprint of the frozen parts' weights."""
+    """What a pool depends on: the world, its size, the k's, what it keeps beyond the frozen encoders' outputs
+    (context latents, example pairs), and a fingerprint of the frozen parts' weights."""
     digest = hashlib.sha1()
     for part in (model.autoencoder, model.image_encoder, model.text_encoder):
         for name, tensor in ([] if part is None else sorted(part.state_dict().items())):
@@ -181,8 +181,7 @@ def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tup
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
             "image_size": model.config.image_size, "context_latents": model.config.context.learns_tokens,
-            "pairs": model.reads_pairs,
-            "parts_sha1": digest.hexdigest()}
+            "pairs": model.reads_pairs, "parts_sha1": digest.hexdigest()}
 
 
 def load_or_build_pool(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...],
@@ -211,7 +210,7 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
     device = model.device
     batch = collate_episodes([world.episode(seed, k=k) for seed in seeds]).to(device)
     latents = model.encode_images(batch.target).float().cpu()
-    queries = (batch.query * 255).round().to(torch.uint8).cpu()
+    queries = _to_bytes(batch.query)
     image_tokens = model.encode_context(batch.context, batch.context_mask).half().cpu()  # (n, k, N_v, D_v)
     text_tokens = text_mask = None
     if model.text_encoder is not None:
@@ -226,12 +225,16 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
         context_latents = context_latents.half().cpu()  # (n, k, C, h, w)
     pair_sources = pair_targets = None
     if model.reads_pairs:
-        to_bytes = lambda images: (images * 255).round().to(torch.uint8).cpu()  # noqa: E731
-        pair_sources = to_bytes(torch.stack([world.context_sources(seed, k=k) for seed in seeds]))  # (n, k, 3, H, W)
-        pair_targets = to_bytes(batch.context)
+        pair_sources = _to_bytes(torch.stack([world.context_sources(seed, k=k) for seed in seeds]))  # (n, k, 3, H, W)
+        pair_targets = _to_bytes(batch.context)
     if bar is not None:
         bar.update(len(seeds))
     return latents, queries, image_tokens, text_tokens, text_mask, context_latents, pair_sources, pair_targets
+
+
+def _to_bytes(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> uint8 value * 255 on the CPU (the worlds' images are 8-bit, so nothing is lost)."""
+    return (images * 255).round().to(torch.uint8).cpu()
 
 
 def _trim_text(groups: dict[int, EpisodeGroup]) -> dict[int, EpisodeGroup]:

@@ -415,10 +415,8 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
         model_config = dataclasses.replace(base.config, adapter=AdapterConfig(
             downsample_factor=base.autoencoder.config.downsample_factor))
         model = ContextDiffusionModel(model_config, base.frozen_parts)
-        model.denoiser.conditioner.load_state_dict(base.conditioner.state_dict())
-        model.denoiser.unet.load_state_dict(base.unet.state_dict())
-        if base.denoiser.context_tokenizer is not None:
-            model.denoiser.context_tokenizer.load_state_dict(base.denoiser.context_tokenizer.state_dict())
+        for name, part in base.denoiser.named_children():  # conditioner, UNet, trained tokenizer: all but the adapter
+            getattr(model.denoiser, name).load_state_dict(part.state_dict())
     else:
         parts = FrozenParts.load(config.parts_dir)
         model_config = ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder,

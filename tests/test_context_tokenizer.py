@@ -4,26 +4,8 @@ import pytest
 import torch
 
 from ctxdiff_from_scratch.context_tokenizer import LatentTokenizer
-from ctxdiff_from_scratch.data import ShapesWorld, collate_episodes
-from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, ModelConfig, save_frozen_parts
+from ctxdiff_from_scratch.model import ContextDiffusionModel, ModelConfig, save_frozen_parts
 from ctxdiff_from_scratch.train import TrainConfig, build_model, main
-
-SIZE = 32  # tiny parts: 32x32 images -> 4x8x8 latents
-
-
-@pytest.fixture(scope="module")
-def world():
-    return ShapesWorld("train", size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def parts(world):
-    return FrozenParts.untrained(SIZE, [world.styled_image(s)[1] for s in range(60)])
-
-
-@pytest.fixture(scope="module")
-def batch(world):
-    return collate_episodes([world.episode(seed, k=k) for seed, k in zip(range(3), (1, 3, 2))])
 
 
 def make_model(parts, tokenizer: str) -> ContextDiffusionModel:

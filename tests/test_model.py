@@ -2,20 +2,9 @@
 import pytest
 import torch
 
-from ctxdiff_from_scratch.data import ShapesWorld, collate_episodes
 from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, ModelConfig
 
-SIZE = 32  # tiny parts: 32x32 images -> 4x8x8 latents
-
-
-@pytest.fixture(scope="module")
-def world():
-    return ShapesWorld("train", size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def parts(world):
-    return FrozenParts.untrained(SIZE, [world.styled_image(s)[1] for s in range(60)])
+SIZE = 32  # the shared fixtures' images (conftest.py): 32x32 -> 4x8x8 latents
 
 
 def make_model(parts, adapter: bool, seed: int = 0) -> ContextDiffusionModel:
@@ -27,11 +16,6 @@ def make_model(parts, adapter: bool, seed: int = 0) -> ContextDiffusionModel:
         for p in model.denoiser.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model
-
-
-@pytest.fixture(scope="module")
-def batch(world):
-    return collate_episodes([world.episode(seed, k=k) for seed, k in zip(range(3), (1, 3, 2))])
 
 
 def noisy(model, batch_size: int, seed: int = 0):
