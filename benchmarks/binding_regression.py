@@ -50,6 +50,7 @@ from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, ShapesWorld
 from ctxdiff_from_scratch.data.shapes_layout import SHAPE_CLASSES, rasterize
 from ctxdiff_from_scratch.evaluate import shape_pixel_errors
 from ctxdiff_from_scratch.model import Conditions, ContextDiffusionModel, FrozenParts, ModelConfig
+from ctxdiff_from_scratch.train_encoders import patch_class_shares
 
 TOKENS = ("frozen", "latent", "pixels", "oracle")
 K = 3  # context images per episode
@@ -65,17 +66,16 @@ def oracle_features(image: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
 
     image: (3, H, W) in [0, 1]; classes: (H, W) int, -1 on the background. Returns (H/8 * W/8, ORACLE_FEATURES).
     """
-    labels = torch.from_numpy(classes.astype(np.int64)) + 1  # background -1 -> 0
-    one_hot = F.one_hot(labels, len(SHAPE_CLASSES) + 1).permute(2, 0, 1).float()  # (H, W) -> (H, W, 7) -> (7, H, W)
-    shares = F.avg_pool2d(one_hot, PATCH)  # (7, H, W) -> (7, g, g)
-    is_shape = (labels > 0).float()[None]  # (1, H, W)
+    labels = torch.from_numpy(classes.astype(np.int64))  # (H, W), -1 on the background
+    shares = patch_class_shares(labels[None], image.shape[-1] // PATCH)[0]  # (1, H, W) -> (g*g, 7)
+    is_shape = (labels >= 0).float()[None]  # (1, H, W)
 
     def masked_mean(mask: torch.Tensor) -> torch.Tensor:  # (1, H, W) -> (3, g, g): mean colour where mask
         total = F.avg_pool2d(image * mask, PATCH)
         return total / F.avg_pool2d(mask, PATCH).clamp(min=1e-6)
 
-    features = torch.cat([shares, masked_mean(is_shape), masked_mean(1 - is_shape)])  # (13, g, g)
-    return features.flatten(1).T  # (13, g, g) -> (13, g*g) -> (g*g, 13)
+    colours = torch.cat([masked_mean(is_shape), masked_mean(1 - is_shape)]).flatten(1).T  # (6, g, g) -> (g*g, 6)
+    return torch.cat([shares, colours], dim=1)  # (g*g, 13)
 
 
 class ContextTokenizer(nn.Module):

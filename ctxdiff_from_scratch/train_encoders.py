@@ -20,6 +20,12 @@ temperature. The positives differ per world:
   another layout (``ShapesWorld.styled_siblings``), in a second InfoNCE term. A prompt names the background's pattern
   and colour but not the angle of its stripes, so image <-> prompt alone never asks the encoder to keep it; a context
   image and its episode's target share it, and the diffusion model must copy it.
+  With ``patch_class_weight`` > 0 each of the image encoder's patch tokens must also say what its patch shows: a
+  linear head (trained with the encoders, not saved) reads the class distribution of the patch's pixels (each shape
+  class or background; the layouts label every pixel) off the token, cross-entropy against the true shares. A pooled
+  contrastive loss lets the patch tokens forget *where* each shape is; the denoiser's cross-attention (Eq. 3) must
+  find, for a shape in the query, the context patches of the same class and copy their colour, which it can only do
+  if a token names its patch's class (docs/experiments.md, sections 19 and 21).
 * GlyphWorld has no prompts: the two views of a font are two *disjoint sets* of its glyphs. Each glyph goes through
   the image encoder on its own (it will see single glyphs as context images later) and a set's embedding is the
   mean of its glyphs' normalised embeddings (:func:`encode_glyph_sets`). All glyphs of the training fonts are
@@ -41,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,6 +95,8 @@ class EncoderTrainConfig:
     # shapes: add the image <-> style-sibling InfoNCE term (see the module docstring). None: on for shapes unless
     # binding_twins is on (the two are alternatives), off for glyphs.
     style_pairs: bool | None = None
+    # shapes: weight of the per-patch class loss on the image tokens (see the module docstring; 0: off)
+    patch_class_weight: float = 0.0
 
     WORLD_DEFAULTS: ClassVar[dict[str, dict]] = {"shapes": {}, "glyphs": dict(steps=250, batch_size=32)}
     PROFILES: ClassVar[dict[str, dict]] = {
@@ -119,6 +128,9 @@ class EncoderTrainConfig:
         if self.binding_twins and (self.world != "shapes" or self.batch_size % 2):
             raise ValueError(f"binding_twins pairs every ShapesWorld image with its twin, so it needs world='shapes' "
                              f"and an even batch_size; got world={self.world!r}, batch_size={self.batch_size}.")
+        if self.patch_class_weight < 0 or (self.patch_class_weight and not self.style_pairs):
+            raise ValueError(f"patch_class_weight={self.patch_class_weight} must be >= 0, and > 0 only with "
+                             "style_pairs on (ShapesWorld, whose layouts label every pixel with its class).")
         if not (self.lr > 0 and 0 < self.init_temperature <= 1 and self.warmup_steps >= 0):
             raise ValueError(f"need lr > 0, 0 < init_temperature <= 1 and warmup_steps >= 0; got lr={self.lr}, "
                              f"init_temperature={self.init_temperature}, warmup_steps={self.warmup_steps}.")
@@ -134,30 +146,61 @@ class EncoderTrainConfig:
                       **overrides})
 
 
-class ContrastivePair(nn.Module):
-    """What is trained together: the image encoder, the text encoder (shapes only) and the learnable temperature."""
+def patch_class_shares(classes: torch.Tensor, grid: int) -> torch.Tensor:
+    """Per patch of a ``grid`` x ``grid`` split, the share of its pixels of each class: the dense target of the
+    image tokens. classes: (N, H, W) int, -1 on the background -> (N, grid*grid, 1 + len(SHAPE_CLASSES)), rows sum
+    to 1, column 0 the background, in the image encoder's token order (row-major)."""
+    from .data.shapes_layout import SHAPE_CLASSES
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder | None, init_temperature: float):
+    size = classes.shape[-1]
+    if classes.dim() != 3 or classes.shape[-2] != size or size % grid:
+        raise ValueError(f"classes must be (N, H, H) with H a multiple of grid={grid}, got {tuple(classes.shape)}.")
+    one_hot = F.one_hot(classes.long() + 1, 1 + len(SHAPE_CLASSES)).permute(0, 3, 1, 2).float()
+    # (N, H, W) -> (N, H, W, C) -> (N, C, H, W)
+    shares = F.avg_pool2d(one_hot, size // grid)  # (N, C, H, W) -> (N, C, g, g)
+    return shares.flatten(2).transpose(1, 2)  # (N, C, g, g) -> (N, C, g*g) -> (N, g*g, C)
+
+
+class ContrastivePair(nn.Module):
+    """What is trained together: the image encoder, the text encoder (shapes only), the learnable temperature and,
+    with ``patch_classes``, the linear head that reads each patch token's class shares (not saved with the encoder)."""
+
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder | None, init_temperature: float,
+                 patch_classes: int = 0):
         super().__init__()
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
         # s = log(1 / tau), learned (CLIP); tau = 0.07 at the start
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.patch_head = nn.Linear(image_encoder.config.dim, patch_classes) if patch_classes else None
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
 
     def image_text_loss(self, images: torch.Tensor, tokens: dict[str, torch.Tensor],
-                        siblings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        siblings: torch.Tensor | None = None,
+                        patch_shares: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """InfoNCE between images (B, 3, H, W) and their tokenized prompts, plus InfoNCE between the images and their
-        style ``siblings`` (B, 3, H, W) when given; returns (loss, in-batch image -> prompt top-1)."""
+        style ``siblings`` (B, 3, H, W) when given. ``patch_shares`` (B or 2B, g*g, C), the class shares of every
+        patch of the images (then the siblings), gives the per-patch class loss. Returns (contrastive loss, patch
+        class loss (0 without shares), in-batch image -> prompt top-1)."""
         batch = images if siblings is None else torch.cat([images, siblings])  # (B or 2B, 3, H, W)
-        embeddings = self.image_encoder(batch).pooled  # -> (B or 2B, E)
+        encoded = self.image_encoder(batch)
+        embeddings = encoded.pooled  # (B or 2B, E)
         image_emb = embeddings[:len(images)]
         text_emb = self.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
         loss = clip_loss(image_emb, text_emb, self.scale())
         if siblings is not None:
             loss = loss + clip_loss(image_emb, embeddings[len(images):], self.scale())
-        return loss, retrieval_top1(image_emb, text_emb)
+        patch_loss = torch.zeros((), device=images.device)
+        if patch_shares is not None:
+            patch_loss = self.patch_class_loss(encoded.tokens, patch_shares)
+        return loss, patch_loss, retrieval_top1(image_emb, text_emb)
+
+    def patch_class_loss(self, patch_tokens: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the head's class distribution per token (N, g*g, D) against the patch's true class
+        shares (N, g*g, C): -sum_c share_c log p_c, averaged over the patches (its minimum is the shares' entropy)."""
+        log_probs = F.log_softmax(self.patch_head(patch_tokens), dim=-1)  # (N, g*g, D) -> (N, g*g, C)
+        return -(shares * log_probs).sum(-1).mean()
 
     def glyph_set_loss(self, sets_a: torch.Tensor, sets_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """InfoNCE between two glyph sets (B, m, 3, H, W) per font (one font per row); returns (loss, top-1)."""
@@ -217,6 +260,12 @@ def sibling_pairs(world, seeds) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     pairs, prompts = zip(*(world.styled_siblings(int(seed)) for seed in seeds))
     both = torch.stack(pairs)  # N x (2, 3, H, W) -> (N, 2, 3, H, W)
     return both[:, 0], both[:, 1], list(prompts)
+
+
+def sibling_class_maps(world, seeds) -> torch.Tensor:
+    """The class maps of ``sibling_pairs(world, seeds)``: the images' then the siblings' -> (2N, H, W) int."""
+    maps = torch.from_numpy(np.stack([world.styled_sibling_classes(int(seed)) for seed in seeds]))  # (N, 2, H, W)
+    return torch.cat([maps[:, 0], maps[:, 1]])  # (N, 2, H, W) -> (2N, H, W): images first, as the encoder sees them
 
 
 def fit_tokenizer(world, n_prompts: int, max_length: int) -> WordTokenizer:
@@ -354,7 +403,13 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
                                                              max_length=tokenizer.max_length))
     else:
         bank = glyph_bank(_glyph_world("train", config.image_size), desc="rendering train glyphs")
-    model = ContrastivePair(ImageEncoder(image_config), text_encoder, config.init_temperature).to(device)
+    patch_classes = 0
+    if config.patch_class_weight:
+        from .data.shapes_layout import SHAPE_CLASSES
+
+        patch_classes = 1 + len(SHAPE_CLASSES)
+    model = ContrastivePair(ImageEncoder(image_config), text_encoder, config.init_temperature,
+                            patch_classes).to(device)
     test_bank = None if config.world == "shapes" else glyph_bank(_glyph_world("test", config.image_size),
                                                                   desc="rendering test glyphs")
     evaluation = dict(split="test", candidates=config.eval_candidates, rounds=config.eval_rounds,
@@ -374,28 +429,32 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         if config.world == "shapes":
-            seeds, siblings = range(step * config.batch_size, (step + 1) * config.batch_size), None
+            seeds, siblings, shares = range(step * config.batch_size, (step + 1) * config.batch_size), None, None
             if config.style_pairs:  # batch_size fresh styles per step, each painted on two layouts
                 images, siblings, prompts = sibling_pairs(world, seeds)
                 siblings = siblings.to(device)
+                if config.patch_class_weight:
+                    shares = patch_class_shares(sibling_class_maps(world, seeds), image_config.grid).to(device)
             elif config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
                 half = config.batch_size // 2
                 images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))
             else:  # batch_size fresh pairs per step
                 images, prompts = styled_pairs(world, seeds)
             tokens = {k: v.to(device) for k, v in tokenizer(prompts).items()}
-            loss, top1 = model.image_text_loss(images.to(device), tokens, siblings)
+            contrastive, patch_loss, top1 = model.image_text_loss(images.to(device), tokens, siblings, shares)
+            loss = contrastive + config.patch_class_weight * patch_loss
         else:
             _, sets_a, sets_b = sample_glyph_sets(bank, min(config.batch_size, bank.shape[0]),
                                                   config.glyphs_per_set, generator)
             loss, top1 = model.glyph_set_loss(sets_a.to(device), sets_b.to(device))
+            patch_loss = torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps - 1:
             temperature = 1 / model.scale().exp().item()
-            logger.log(step=step, loss=loss.item(), batch_top1=top1.item(), temperature=temperature,
-                       lr=optimizer.param_groups[0]["lr"])
+            logger.log(step=step, loss=loss.item(), patch_class_loss=patch_loss.item(), batch_top1=top1.item(),
+                       temperature=temperature, lr=optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{top1.item():.2f}")
     train_seconds = time.perf_counter() - start
 
@@ -515,6 +574,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--style-pairs", action=argparse.BooleanOptionalAction, default=None,
                         help="shapes: add InfoNCE between each image and the same style on another layout "
                              "(default: on for shapes, unless --binding-twins)")
+    parser.add_argument("--patch-class-weight", type=float,
+                        help="shapes: weight of the loss that makes each patch token name the classes its patch shows "
+                             "(default: 0, off)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the encoders in --out, do not train")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -530,7 +592,8 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = {name: value for name, value in (("steps", args.steps), ("batch_size", args.batch_size),
                                                  ("lr", args.lr), ("seed", args.seed),
                                                  ("binding_twins", args.binding_twins),
-                                                 ("style_pairs", args.style_pairs)) if value is not None}
+                                                 ("style_pairs", args.style_pairs),
+                                                 ("patch_class_weight", args.patch_class_weight)) if value is not None}
     config = EncoderTrainConfig.for_world(args.world, args.profile, **overrides)
     command = " ".join(["python -m ctxdiff_from_scratch encoders", *(sys.argv[1:] if argv is None else argv)])
     summary = train_encoders(config, out, device, command=command)

@@ -7,9 +7,11 @@ import torch
 from ctxdiff_from_scratch.data.shapes import ShapesWorld
 from ctxdiff_from_scratch.encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig,
                                            clip_loss, retrieval_top1)
+from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.tokenizer import WordTokenizer
 from ctxdiff_from_scratch.train_encoders import (ContrastivePair, EncoderTrainConfig, encode_glyph_sets,
-                                                 learning_rate, main, sample_glyph_sets, sibling_pairs, twin_pairs)
+                                                 learning_rate, main, patch_class_shares, sample_glyph_sets,
+                                                 sibling_class_maps, sibling_pairs, twin_pairs)
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 COLOURS = ["red", "green", "blue", "yellow", "purple", "white", "black", "grey"]
@@ -151,7 +153,7 @@ def test_a_few_steps_lower_the_loss(tokenizer):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(15):
-        loss, _ = model.image_text_loss(images, tokens)
+        loss, _, _ = model.image_text_loss(images, tokens)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -182,13 +184,61 @@ def test_style_pairs_are_the_shapes_default_and_add_an_image_to_sibling_term(tok
     torch.manual_seed(0)
     model = ContrastivePair(tiny_image(), tiny_text(tokenizer), init_temperature=0.07)
     tokens = tokenizer(prompts)
-    loss, top1 = model.image_text_loss(images, tokens, siblings)
+    loss, patch_loss, top1 = model.image_text_loss(images, tokens, siblings)
+    assert patch_loss.item() == 0.0  # no class shares given: no patch term
     with torch.no_grad():
         image_emb, sibling_emb = model.image_encoder(images).pooled, model.image_encoder(siblings).pooled
         text_emb = model.text_encoder(tokens["input_ids"], tokens["attention_mask"]).pooled
         expected = clip_loss(image_emb, text_emb, model.scale()) + clip_loss(image_emb, sibling_emb, model.scale())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert top1.item() == retrieval_top1(image_emb, text_emb).item()
+
+
+def test_patch_class_shares_count_each_patchs_pixels_per_class():
+    classes = torch.full((1, 4, 4), -1)
+    classes[0, :2, :2] = 0  # top-left patch: all class 0
+    classes[0, 0, 2] = 3  # top-right patch: one pixel of class 3, three of background
+    shares = patch_class_shares(classes, grid=2)
+    assert shares.shape == (1, 4, 7) and torch.allclose(shares.sum(-1), torch.ones(1, 4))
+    assert shares[0, 0, 1] == 1  # column 0 is the background, so class c is column c + 1
+    assert shares[0, 1, 4] == 0.25 and shares[0, 1, 0] == 0.75
+    assert shares[0, 2, 0] == shares[0, 3, 0] == 1  # row-major: the bottom patches are background
+    with pytest.raises(ValueError, match="multiple of grid"):
+        patch_class_shares(torch.zeros(1, 5, 5), grid=2)
+
+
+def test_the_patch_class_loss_teaches_the_tokens_where_each_class_is(tokenizer):
+    world = ShapesWorld("train", size=16)
+    seeds = range(4)
+    images, siblings, prompts = sibling_pairs(world, seeds)
+    maps = sibling_class_maps(world, seeds)
+    assert maps.shape == (8, 16, 16) and torch.equal(maps[1], torch.from_numpy(world.styled_sibling_classes(1)[0]))
+    assert torch.equal(maps[5], torch.from_numpy(world.styled_sibling_classes(1)[1]))  # the siblings come second
+    shares = patch_class_shares(maps, tiny_image().config.grid)
+    torch.manual_seed(0)
+    model = ContrastivePair(tiny_image(), tiny_text(tokenizer), init_temperature=0.07, patch_classes=7)
+    tokens = tokenizer(["a red image"] * 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        _, patch_loss, _ = model.image_text_loss(images, tokens, siblings, shares)
+        optimizer.zero_grad()
+        patch_loss.backward()
+        optimizer.step()
+        losses.append(patch_loss.item())
+    entropy = -(shares * shares.clamp(min=1e-9).log()).sum(-1).mean().item()  # the loss's floor
+    assert losses[-1] - entropy < 0.5 * (losses[0] - entropy)
+
+
+def test_the_patch_class_loss_needs_shapes_style_pairs():
+    assert EncoderTrainConfig.for_world("shapes").patch_class_weight == 0  # opt-in
+    EncoderTrainConfig.for_world("shapes", patch_class_weight=1.0)
+    for overrides in (dict(world="glyphs"), dict(world="shapes", binding_twins=True),
+                      dict(world="shapes", patch_class_weight=-1.0)):
+        world = overrides.pop("world")
+        with pytest.raises(ValueError, match="patch_class_weight"):
+            EncoderTrainConfig.for_world(world, patch_class_weight=overrides.pop("patch_class_weight", 1.0),
+                                         **overrides)
 
 
 def test_a_few_glyph_set_steps_lower_the_loss():
@@ -250,6 +300,14 @@ def test_cli_tiny_training_run_writes_a_loadable_checkpoint(tmp_path):
     assert 0.0 <= summary["test"]["image_to_text"] <= 1.0 and summary["test"]["queries"] == 8
     assert 0.0 <= summary["test"]["image_to_style"] <= 1.0
     assert summary["train_config"]["style_pairs"] and "style sibling" in (tmp_path / "encoders_card.md").read_text()
+
+
+def test_cli_patch_class_weight_logs_the_patch_loss(tmp_path):
+    summary = main(["--world", "shapes", "--profile", "tiny", "--patch-class-weight", "0.5", "--out", str(tmp_path),
+                    "--device", "cpu"])
+    assert summary["train_config"]["patch_class_weight"] == 0.5
+    log = read_log(tmp_path / "encoders_log.csv")
+    assert min(log["patch_class_loss"]) > 0  # logged, and never zero: the shares are not one-hot everywhere
 
 
 def test_cli_no_style_pairs_trains_on_prompts_alone(tmp_path):

@@ -289,6 +289,21 @@ def test_style_siblings_paint_one_style_on_two_layouts(train, test_world):
         assert torch.stack(agree_other).mean() < 0.2
 
 
+def test_sibling_class_maps_label_the_siblings_pixels(train, test_world):
+    for world in (train, test_world):
+        for seed in range(10):
+            images, _ = world.styled_siblings(seed)
+            classes = world.styled_sibling_classes(seed)
+            assert classes.shape == (2, 64, 64) and classes.min() >= -1 and classes.max() < len(SHAPE_CLASSES)
+            backdrop = world.render(Layout(shapes=()), world.style(seed))
+            shows_backdrop = (images == backdrop).all(dim=1).numpy()  # (2, 3, H, W) -> (2, H, W)
+            on_background = classes == -1
+            assert shows_backdrop[on_background].mean() > 0.97  # background pixels show the bare backdrop
+            assert shows_backdrop[~on_background].mean() < 0.3  # shape pixels are painted over it
+            _, _, shown = world.styled_sample(seed)
+            assert set(np.unique(classes[0][classes[0] >= 0])) <= {SHAPE_CLASSES.index(c) for c in shown}
+
+
 def test_collate_mixed_k(train):
     episodes = [train.episode(s, None, k) for s, k in ((0, 0), (1, 1), (2, 3))]
     batch = collate_episodes(episodes)
