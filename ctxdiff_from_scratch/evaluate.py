@@ -26,7 +26,8 @@ Metrics, on the **test** split of a world:
 Every setting sees the same episodes and, batch by batch, the same starting noise, so the settings are compared on
 paired samples. Results are plain dicts (JSON-ready) and ``format_table`` prints them. Sampling settings (e.g. the
 guidance scales) are chosen on unseen *train* episodes (``EvalConfig.split`` / ``eval --split train --first-seed
-1000000``), never on the test split that reports the numbers.
+1000000``), never on the test split that reports the numbers. ``eval --protocol`` runs the published protocols for
+several labelled checkpoints instead, with a bootstrap interval on every number (``experiments.py``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -205,15 +207,20 @@ def shape_colour_scores(pred: torch.Tensor, target: torch.Tensor, ids: np.ndarra
     return scores
 
 
-def colour_binding(preds: torch.Tensor, targets: torch.Tensor, rasters: Sequence) -> tuple[int, int, float]:
-    """(bound, counted, chance sum) of :func:`shape_colour_scores` over a batch (N, 3, H, W) and its rasters."""
-    bound = counted = 0
-    chance = 0.0
+def binding_counts(preds: torch.Tensor, targets: torch.Tensor, rasters: Sequence) -> np.ndarray:
+    """(N, 3): per image of a batch (N, 3, H, W) and its rasters, the shapes painted nearest their own colour, the
+    shapes counted (bound + swapped) and the chance sum of :func:`shape_colour_scores`."""
+    rows = []
     for pred, target, raster in zip(preds, targets, rasters):
         scores = shape_colour_scores(pred, target, raster.ids, raster.classes)
-        bound, counted = bound + scores["bound"], counted + scores["bound"] + scores["swapped"]
-        chance += scores["chance"]
-    return bound, counted, chance
+        rows.append((scores["bound"], scores["bound"] + scores["swapped"], scores["chance"]))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 3)
+
+
+def colour_binding(preds: torch.Tensor, targets: torch.Tensor, rasters: Sequence) -> tuple[int, int, float]:
+    """(bound, counted, chance sum) of :func:`shape_colour_scores` over a batch (N, 3, H, W) and its rasters."""
+    bound, counted, chance = binding_counts(preds, targets, rasters).sum(axis=0)  # (N, 3) -> (3,)
+    return int(bound), int(counted), float(chance)
 
 
 def ink(images: torch.Tensor, threshold: float = INK_THRESHOLD) -> torch.Tensor:
@@ -266,7 +273,7 @@ def _pooled_rmse(mses: Sequence[torch.Tensor]) -> float:
     return math.sqrt(torch.cat(list(mses)).mean().item())
 
 
-def _settings_of(world, config: EvalConfig) -> tuple[str, ...]:
+def world_settings(world, config: EvalConfig) -> tuple[str, ...]:
     """The settings that differ in this world: without prompts, P is none and C+P is C, so those two are left out."""
     if isinstance(world, GlyphWorld):
         return tuple(s for s in config.settings if not SETTINGS[s][1])
@@ -355,7 +362,7 @@ def evaluate_glyphs(pipe, config: EvalConfig | None = None, world: GlyphWorld | 
     worlds = {"font2font": world or GlyphWorld(split=config.split, size=pipe.image_size, progress=config.progress)}
     if world is None and config.split == "test":
         worlds[TEXT_FONTS_ROW] = GlyphWorld(split="test-text", size=pipe.image_size, progress=config.progress)
-    settings = _settings_of(worlds["font2font"], config)
+    settings = world_settings(worlds["font2font"], config)
     columns = (*settings, QUERY_GLYPH, MEAN_COLOUR)
     table: dict[str, dict[str, dict[str, float]]] = {"rmse": {}, "iou": {}}
     for row, row_world in worlds.items():
@@ -484,11 +491,20 @@ def _world_name(pipe, requested: str) -> str:
     return pipe.model.config.world if requested == "auto" else requested
 
 
-def main_eval(argv: list[str] | None = None) -> dict:
-    """``python -m ctxdiff_from_scratch eval``: evaluate a checkpoint on its world's test split, write a JSON."""
+def main_eval(argv: list[str] | None = None):
+    """``python -m ctxdiff_from_scratch eval``: evaluate a checkpoint on its world's test split, write a JSON; with
+    ``--protocol NAME``, run that published protocol for labelled checkpoints instead (``experiments.main``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg == "--protocol" or arg.startswith("--protocol=") for arg in argv):
+        from .experiments import main as main_experiments
+
+        return main_experiments(argv)
     parser = argparse.ArgumentParser(prog="python -m ctxdiff_from_scratch eval",
                                      description="Evaluate a checkpoint on the test split in the C+P, C, P and none "
-                                                 "settings (RMSE; glyph IoU for GlyphWorld) next to trivial baselines.")
+                                                 "settings (RMSE; glyph IoU for GlyphWorld) next to trivial baselines.",
+                                     epilog="With --protocol quick|full it runs a published protocol for labelled "
+                                            "checkpoints instead, with a bootstrap interval on every number: see "
+                                            "`eval --protocol quick --help`.")
     _add_generation_arguments(parser)
     parser.add_argument("--world", choices=("auto", "shapes", "glyphs"), default="auto",
                         help="world to evaluate on (default: the checkpoint's)")

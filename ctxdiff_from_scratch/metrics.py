@@ -11,7 +11,8 @@ module adds what the paper's Table 2 and 3 need next to them:
 * **Layout fidelity** (:func:`layout_fidelity`): does the generated image keep the query's layout? The IoU of the
   dilated edges of the generated image (the project's Canny, ``data/edges.py``) and of the layout's edge map.
 * **Bootstrap confidence intervals** (:func:`bootstrap_ci`, :func:`paired_bootstrap_ci`): every number in a table is
-  a statistic over episodes, shown as estimate +- the half-width of its 95% interval (:func:`format_ci`).
+  a statistic over episodes (:func:`root_mean`, :func:`pooled_ratio`, :func:`paired_fd`, a mean), shown as estimate
+  +- the half-width of its 95% interval (:func:`format_ci`).
 
 This module does not import ``evaluate.py``, so that the evaluation harness may import it.
 """
@@ -85,13 +86,18 @@ def image_features(image_encoder: torch.nn.Module, images: torch.Tensor, batch_s
     """The frozen image encoder's pooled embeddings of ``images`` (N, 3, H, W) in [0, 1] -> (N, E) float32 on the CPU:
     the features FD-ours compares (``ImageEncoder(...)(images).pooled``, encoders.py).
 
-    The images must have the encoder's resolution (``image_encoder.config.image_size``); they are encoded in chunks
-    of ``batch_size`` on the encoder's device, in eval mode.
+    Images of another size than the encoder's (``image_encoder.config.image_size``) are resized to it, as the model
+    resizes its context images (``ContextDiffusionModel.encode_context``); they are encoded in chunks of
+    ``batch_size`` on the encoder's device, in eval mode.
     """
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty (N, 3, H, W) batch in [0, 1], got shape {tuple(images.shape)}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    size = image_encoder.config.image_size
+    if tuple(images.shape[-2:]) != (size, size):
+        images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False).clamp(0, 1)  # (N, 3, H, W) -> (N, 3, size, size)
     device = next(image_encoder.parameters()).device
     was_training = image_encoder.training
     image_encoder.eval()
@@ -164,18 +170,36 @@ def root_mean(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(values)))
 
 
+def pooled_ratio(values: np.ndarray) -> float:
+    """sum_i a_i / sum_i b_i of rows (a_i, b_i), 0 when every b_i is 0: a ratio pooled over episodes, such as the
+    shape-pixel MSE (squared error, values summed) or colour binding (shapes bound, shapes counted), to bootstrap."""
+    denominator = values[:, 1].sum()
+    return float(values[:, 0].sum() / denominator) if denominator > 0 else 0.0
+
+
+def paired_fd(values: np.ndarray) -> float:
+    """FD-ours between the left and the right half of rows (N, 2D): each row one episode's generated-image features
+    beside its ground truth's, so that a bootstrap resamples episodes with both of their images."""
+    half = values.shape[1] // 2
+    return fd_ours(values[:, :half], values[:, half:])
+
+
 def _as_sample(values, name: str) -> np.ndarray:
+    """Per-episode values as float64: (N,) numbers, or (N, m) rows (one row per episode, for statistics such as
+    :func:`pooled_ratio` that need several numbers of an episode)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().double().numpy()
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of per-episode values, got shape {values.shape}.")
+    if values.ndim not in (1, 2) or values.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of per-episode values (or an (N, m) array of one "
+                         f"row per episode), got shape {values.shape}.")
     if not np.isfinite(values).all():
         raise ValueError(f"{name} contains NaN or infinite values; drop or fix those episodes first.")
     return values
 
 
-def _check_bootstrap(resamples: int, level: float) -> None:
+def check_bootstrap(resamples: int, level: float) -> None:
+    """Refuse bootstrap settings that give no interval: a resample count below 1, a level outside (0, 1)."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise ValueError(f"resamples must be a positive integer (1000 is usual), got {resamples!r}.")
     if not 0 < level < 1:
@@ -194,10 +218,11 @@ def bootstrap_ci(values, statistic: Callable[[np.ndarray], float] = np.mean, res
 
     Each of ``resamples`` replicates draws len(values) episodes with replacement and recomputes the statistic; the
     interval holds the central ``level`` of the replicates. The estimate is the statistic of the whole sample. A fixed
-    ``seed`` makes the interval reproducible. For RMSE, pass per-image MSEs with ``statistic=root_mean``.
+    ``seed`` makes the interval reproducible. For RMSE, pass per-image MSEs with ``statistic=root_mean``; for a
+    pooled ratio, (N, 2) rows with ``statistic=pooled_ratio`` (an episode's row is drawn whole).
     """
     values = _as_sample(values, "values")
-    _check_bootstrap(resamples, level)
+    check_bootstrap(resamples, level)
     index = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))  # (R, N)
     replicates = np.array([statistic(values[row]) for row in index])  # (R,)
     return (float(statistic(values)), *_percentile_interval(replicates, level))
@@ -216,7 +241,7 @@ def paired_bootstrap_ci(values_a, values_b, statistic: Callable[[np.ndarray], fl
     if len(values_a) != len(values_b):
         raise ValueError(f"values_a holds {len(values_a)} episodes but values_b {len(values_b)}; a paired interval "
                          "needs both methods scored on the same episodes, in the same order.")
-    _check_bootstrap(resamples, level)
+    check_bootstrap(resamples, level)
     index = np.random.default_rng(seed).integers(0, len(values_a), size=(resamples, len(values_a)))  # (R, N)
     replicates = np.array([statistic(values_a[row]) - statistic(values_b[row]) for row in index])  # (R,)
     return (float(statistic(values_a) - statistic(values_b)), *_percentile_interval(replicates, level))

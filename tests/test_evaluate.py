@@ -12,9 +12,10 @@ from PIL import Image
 
 from ctxdiff_from_scratch.data import GlyphWorld, ShapesWorld, collate_episodes
 from ctxdiff_from_scratch.evaluate import (MEAN_COLOUR, QUERY_GLYPH, SETTINGS, TEXT_FONTS_ROW, EvalConfig,
-                                           evaluate_glyphs, evaluate_shapes, format_table, glyph_iou, goal_rows, ink,
-                                           k_shot_scaling, main_eval, main_sample, mean_colour_baseline,
-                                           per_image_mse, rmse, shape_colour_scores, shape_masks, shape_pixel_errors)
+                                           binding_counts, colour_binding, evaluate_glyphs, evaluate_shapes,
+                                           format_table, glyph_iou, goal_rows, ink, k_shot_scaling, main_eval,
+                                           main_sample, mean_colour_baseline, per_image_mse, rmse,
+                                           shape_colour_scores, shape_masks, shape_pixel_errors, target_rasters)
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
 from tiny_model import SIZE, tiny_model
 
@@ -243,6 +244,24 @@ def test_colour_binding_scores_own_swapped_and_error_split():
     # the whole error is the shapes' mean colour: 2 shapes x 36 pixels x mean over RGB of (0.8^2 + 0 + 0.8^2) / 3
     assert scores["shape_colour"] == pytest.approx(72 * 2 * 0.64 / 3, rel=1e-5)
     assert scores["within_shape"] == pytest.approx(0.0, abs=1e-4) and scores["background"] == 0.0
+
+
+def test_binding_counts_are_per_image_and_sum_to_colour_binding():
+    world = ShapesWorld("test", size=64)
+    seeds = range(4)
+    episodes = [world.episode(seed, task="seg2img", k=1) for seed in seeds]
+    targets = torch.stack([ep.target for ep in episodes])  # N x (3, H, W) -> (N, 3, H, W)
+    rasters = target_rasters(world, seeds, "seg2img", 1)
+    preds = targets.flip(0)  # every image answered with another episode's target
+    counts = binding_counts(preds, targets, rasters)
+    assert counts.shape == (4, 3) and (counts[:, 0] <= counts[:, 1]).all()
+    for i in range(4):
+        scores = shape_colour_scores(preds[i], targets[i], rasters[i].ids, rasters[i].classes)
+        assert tuple(counts[i]) == (scores["bound"], scores["bound"] + scores["swapped"], scores["chance"])
+    assert colour_binding(preds, targets, rasters) == (int(counts[:, 0].sum()), int(counts[:, 1].sum()),
+                                                       pytest.approx(counts[:, 2].sum()))
+    exact = binding_counts(targets, targets, rasters)
+    assert (exact[:, 0] == exact[:, 1]).all() and exact[:, 1].sum() > 0, "the truth binds every counted shape"
 
 
 def test_forward_tasks_report_colour_binding_context_ratio_and_goal_rows(pipe):

@@ -9,7 +9,8 @@ from ctxdiff_from_scratch.data import ShapesWorld
 from ctxdiff_from_scratch.data.edges import QUERY_CANNY, canny
 from ctxdiff_from_scratch.encoders import ImageEncoder, ImageEncoderConfig
 from ctxdiff_from_scratch.metrics import (FD_OURS, bootstrap_ci, dilate, fd_ours, format_ci, image_features,
-                                          layout_edge_maps, layout_fidelity, paired_bootstrap_ci, root_mean)
+                                          layout_edge_maps, layout_fidelity, paired_bootstrap_ci, paired_fd,
+                                          pooled_ratio, root_mean)
 
 
 def white_features(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -82,6 +83,10 @@ def test_image_features_are_the_frozen_encoders_pooled_embeddings():
     assert fd_ours(features, image_features(encoder, images)) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="non-empty"):
         image_features(encoder, images[0])
+    # other sizes are resized to the encoder's, as the model resizes its context images: a flat colour stays itself
+    colours = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]])[:, :, None, None]  # (2, 3) -> (2, 3, 1, 1)
+    small, large = colours.expand(-1, -1, 16, 16), colours.expand(-1, -1, 40, 40)
+    assert torch.allclose(image_features(encoder, large), image_features(encoder, small), atol=1e-5)
 
 
 # --- bootstrap -------------------------------------------------------------------------------------------------------
@@ -124,11 +129,29 @@ def test_the_paired_interval_cancels_what_the_episodes_share():
     assert high - low < 0.1 * (high_a - low_a)
 
 
+def test_rows_of_an_episode_are_resampled_together_for_a_pooled_ratio():
+    # (squared error, values) per episode: the pooled ratio is sum / sum, not the mean of the per-episode ratios
+    rows = np.array([[1.0, 10.0], [3.0, 10.0], [0.0, 0.0], [8.0, 20.0]])
+    assert pooled_ratio(rows) == pytest.approx(12.0 / 40.0) and pooled_ratio(rows[2:3]) == 0.0
+    estimate, low, high = bootstrap_ci(rows, statistic=pooled_ratio, resamples=300)
+    # each replicate pools whole rows, so it lies between the smallest and the largest episode ratio (0.1, 0.4)
+    assert estimate == pytest.approx(0.3) and 0.0 <= low < 0.3 < high <= 0.4
+    assert paired_bootstrap_ci(rows, rows, statistic=pooled_ratio) == (0.0, 0.0, 0.0)
+
+
+def test_paired_fd_compares_the_two_halves_of_each_row():
+    a = torch.randn(40, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    b = a + torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64)
+    assert paired_fd(torch.cat([a, b], dim=1).numpy()) == pytest.approx(5.0, rel=1e-9)
+    assert paired_fd(torch.cat([a, a], dim=1).numpy()) == pytest.approx(0.0, abs=1e-9)
+    assert paired_fd(torch.cat([a, b], dim=1).numpy()) == pytest.approx(fd_ours(a, b))
+
+
 def test_bootstrap_explains_bad_inputs_and_formats_intervals():
     with pytest.raises(ValueError, match="non-empty 1-D"):
         bootstrap_ci([])
     with pytest.raises(ValueError, match="non-empty 1-D"):
-        bootstrap_ci(np.ones((3, 2)))
+        bootstrap_ci(np.ones((3, 2, 2)))
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_ci([1.0, float("nan")])
     with pytest.raises(ValueError, match="level"):

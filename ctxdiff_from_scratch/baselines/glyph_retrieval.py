@@ -12,6 +12,8 @@ it returns the nearest training font's glyph, the ceiling of "memorise the train
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from ..data import GlyphWorld
@@ -41,3 +43,15 @@ def nearest_font_glyph(world: GlyphWorld, context_glyphs: torch.Tensor, context_
                        query_char: str) -> torch.Tensor:
     """The retrieval baseline's answer: ``query_char`` in :func:`nearest_training_font`'s font -> (3, S, S)."""
     return world.render(nearest_training_font(world, context_glyphs, context_chars), query_char)
+
+
+def nearest_font_answers(training_world: GlyphWorld, world: GlyphWorld, seeds: Sequence[int], k: int
+                         ) -> torch.Tensor:
+    """The retrieval baseline's answer to each episode ``world.episode(seed, k=k)`` of ``seeds``, looked up among
+    ``training_world``'s fonts (both worlds at the same size and charset) -> (N, 3, S, S)."""
+    answers = []
+    for seed in seeds:
+        _, query_char, context_chars = world.episode_characters(seed, k=k)
+        context = world.episode(seed, k=k).context
+        answers.append(nearest_font_glyph(training_world, context, context_chars, query_char))
+    return torch.stack(answers)  # N x (3, S, S) -> (N, 3, S, S)
