@@ -519,6 +519,9 @@ def write_card(path: Path, summary: dict) -> Path:
         if summary["train_config"]["style_pairs"]:
             positives += ("; each image also meets its style sibling, the same style painted on another layout "
                           "(`ShapesWorld.styled_siblings`), in a second InfoNCE term")
+        if summary["train_config"]["patch_class_weight"]:
+            positives += (f"; plus {summary['train_config']['patch_class_weight']} x a per-patch class loss (a "
+                          "linear head, not saved, reads each image token's patch class shares from the layouts)")
     else:
         files = "`image_encoder.{safetensors,json}` (no prompts in this world, so no text encoder)"
         positives = ("two disjoint glyph sets of the same font; each glyph encoded alone, a set's embedding is the "

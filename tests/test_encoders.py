@@ -308,6 +308,7 @@ def test_cli_patch_class_weight_logs_the_patch_loss(tmp_path):
     assert summary["train_config"]["patch_class_weight"] == 0.5
     log = read_log(tmp_path / "encoders_log.csv")
     assert min(log["patch_class_loss"]) > 0  # logged, and never zero: the shares are not one-hot everywhere
+    assert "per-patch class loss" in (tmp_path / "encoders_card.md").read_text()
 
 
 def test_cli_no_style_pairs_trains_on_prompts_alone(tmp_path):
