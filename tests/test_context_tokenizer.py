@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from ctxdiff_from_scratch.context_tokenizer import LatentTokenizer
+from ctxdiff_from_scratch.data import collate_episodes
+from ctxdiff_from_scratch.episode_cache import encode_episodes
 from ctxdiff_from_scratch.model import ContextDiffusionModel, ModelConfig, save_frozen_parts
 from ctxdiff_from_scratch.train import TrainConfig, build_model, main
 
@@ -56,6 +58,21 @@ def test_the_denoiser_reads_the_context_latents_and_dropping_removes_them(parts,
     cond.context_latents = None
     with pytest.raises(ValueError, match="tokenizes the context itself"):
         model.predict(x, t, cond)
+
+
+def test_a_pool_for_the_tokenizer_keeps_latents_not_the_frozen_tokens_and_predicts_alike(parts, world):
+    model = make_model(parts, "latents")
+    seeds = [4, 5]
+    group = encode_episodes(model, world, seeds, k=2)
+    assert group.image_tokens.shape == (2, 2, 0, model.config.context.visual_dim)  # unread, so not computed
+    assert group.context_latents.shape == (2, 2, *model.latent_shape)
+    z0, pooled = group.batch(torch.arange(2), "cpu")
+    episodes = collate_episodes([world.episode(seed, k=2) for seed in seeds])
+    direct = model.encode_conditions(episodes.query, episodes.context, episodes.context_mask, episodes.prompts)
+    x, t = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0)), torch.tensor([100, 800])
+    # the pool stores fp16 latents: equal to the direct encoding up to that rounding (other latents move it ~1e-2)
+    assert torch.allclose(model.predict(x, t, pooled), model.predict(x, t, direct), atol=1e-4)
+    assert encode_episodes(make_model(parts, "frozen"), world, seeds, k=2).image_tokens.shape[2] > 0
 
 
 def test_frozen_models_keep_no_latents(parts, batch):
