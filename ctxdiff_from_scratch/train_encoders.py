@@ -25,7 +25,9 @@ temperature. The positives differ per world:
   class or background; the layouts label every pixel) off the token, cross-entropy against the true shares. A pooled
   contrastive loss lets the patch tokens forget *where* each shape is; the denoiser's cross-attention (Eq. 3) must
   find, for a shape in the query, the context patches of the same class and copy their colour, which it can only do
-  if a token names its patch's class (docs/experiments.md, sections 19 and 21).
+  if a token names its patch's class (docs/experiments.md, sections 19 and 21). Measured: the tokens then carry
+  more of each patch's class and colour, but the denoiser bound no better with them (section 22), so it is off by
+  default.
 * GlyphWorld has no prompts: the two views of a font are two *disjoint sets* of its glyphs. Each glyph goes through
   the image encoder on its own (it will see single glyphs as context images later) and a set's embedding is the
   mean of its glyphs' normalised embeddings (:func:`encode_glyph_sets`). All glyphs of the training fonts are
