@@ -256,18 +256,13 @@ def twin_pairs(world, seeds) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(images), [p for pair in prompts for p in pair]  # N x (2, 3, H, W) -> (2N, 3, H, W)
 
 
-def sibling_pairs(world, seeds) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images (N, 3, H, W), their style siblings (N, 3, H, W) and prompts for ``seeds`` of a ShapesWorld
-    (``styled_siblings``)."""
-    pairs, prompts = zip(*(world.styled_siblings(int(seed)) for seed in seeds))
+def sibling_pairs(world, seeds) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    """Images (N, 3, H, W), their style siblings (N, 3, H, W), prompts and the class maps of the images then the
+    siblings (2N, H, W) int, as the encoder sees them, for ``seeds`` of a ShapesWorld (``labelled_siblings``)."""
+    pairs, prompts, classes = zip(*(world.labelled_siblings(int(seed)) for seed in seeds))
     both = torch.stack(pairs)  # N x (2, 3, H, W) -> (N, 2, 3, H, W)
-    return both[:, 0], both[:, 1], list(prompts)
-
-
-def sibling_class_maps(world, seeds) -> torch.Tensor:
-    """The class maps of ``sibling_pairs(world, seeds)``: the images' then the siblings' -> (2N, H, W) int."""
-    maps = torch.from_numpy(np.stack([world.styled_sibling_classes(int(seed)) for seed in seeds]))  # (N, 2, H, W)
-    return torch.cat([maps[:, 0], maps[:, 1]])  # (N, 2, H, W) -> (2N, H, W): images first, as the encoder sees them
+    maps = torch.from_numpy(np.stack(classes))  # N x (2, H, W) -> (N, 2, H, W)
+    return both[:, 0], both[:, 1], list(prompts), torch.cat([maps[:, 0], maps[:, 1]])  # -> (2N, H, W)
 
 
 def fit_tokenizer(world, n_prompts: int, max_length: int) -> WordTokenizer:
@@ -433,10 +428,10 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
         if config.world == "shapes":
             seeds, siblings, shares = range(step * config.batch_size, (step + 1) * config.batch_size), None, None
             if config.style_pairs:  # batch_size fresh styles per step, each painted on two layouts
-                images, siblings, prompts = sibling_pairs(world, seeds)
+                images, siblings, prompts, class_maps = sibling_pairs(world, seeds)
                 siblings = siblings.to(device)
                 if config.patch_class_weight:
-                    shares = patch_class_shares(sibling_class_maps(world, seeds), image_config.grid).to(device)
+                    shares = patch_class_shares(class_maps, image_config.grid).to(device)
             elif config.binding_twins:  # batch_size / 2 fresh layouts per step, each painted twice
                 half = config.batch_size // 2
                 images, prompts = twin_pairs(world, range(step * half, (step + 1) * half))

@@ -11,7 +11,7 @@ from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.tokenizer import WordTokenizer
 from ctxdiff_from_scratch.train_encoders import (ContrastivePair, EncoderTrainConfig, encode_glyph_sets,
                                                  learning_rate, main, patch_class_shares, sample_glyph_sets,
-                                                 sibling_class_maps, sibling_pairs, twin_pairs)
+                                                 sibling_pairs, twin_pairs)
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 COLOURS = ["red", "green", "blue", "yellow", "purple", "white", "black", "grey"]
@@ -176,7 +176,7 @@ def test_style_pairs_are_the_shapes_default_and_add_an_image_to_sibling_term(tok
     assert not EncoderTrainConfig.for_world("glyphs").style_pairs
     assert not EncoderTrainConfig.for_world("shapes", binding_twins=True).style_pairs  # the two are alternatives
     world = ShapesWorld("train", size=16)
-    images, siblings, prompts = sibling_pairs(world, range(3, 7))
+    images, siblings, prompts, _ = sibling_pairs(world, range(3, 7))
     assert images.shape == siblings.shape == (4, 3, 16, 16) and len(prompts) == 4
     for i, seed in enumerate(range(3, 7)):
         pair, prompt = world.styled_siblings(seed)
@@ -210,10 +210,9 @@ def test_patch_class_shares_count_each_patchs_pixels_per_class():
 def test_the_patch_class_loss_teaches_the_tokens_where_each_class_is(tokenizer):
     world = ShapesWorld("train", size=16)
     seeds = range(4)
-    images, siblings, prompts = sibling_pairs(world, seeds)
-    maps = sibling_class_maps(world, seeds)
-    assert maps.shape == (8, 16, 16) and torch.equal(maps[1], torch.from_numpy(world.styled_sibling_classes(1)[0]))
-    assert torch.equal(maps[5], torch.from_numpy(world.styled_sibling_classes(1)[1]))  # the siblings come second
+    images, siblings, prompts, maps = sibling_pairs(world, seeds)
+    assert maps.shape == (8, 16, 16) and torch.equal(maps[1], torch.from_numpy(world.labelled_siblings(1)[2][0]))
+    assert torch.equal(maps[5], torch.from_numpy(world.labelled_siblings(1)[2][1]))  # the siblings come second
     shares = patch_class_shares(maps, tiny_image().config.grid)
     torch.manual_seed(0)
     model = ContrastivePair(tiny_image(), tiny_text(tokenizer), init_temperature=0.07, patch_classes=7)

@@ -19,7 +19,6 @@ from ctxdiff_from_scratch.experiments import (BINDING, CSV_COLUMNS, GROUND_TRUTH
                                               common_world, format_tables, glyph_test_worlds, load_protocol,
                                               parse_checkpoints, run_glyphs, run_shapes, write_experiment)
 from ctxdiff_from_scratch.metrics import FD_OURS
-from ctxdiff_from_scratch.model import FrozenParts, ModelConfig
 from ctxdiff_from_scratch.pipeline import ContextDiffusionPipeline
 from tiny_model import SIZE, tiny_model
 
@@ -52,16 +51,7 @@ def pipe():
 @pytest.fixture(scope="module")
 def pd_pipe():
     """A tiny untrained Prompt-Diffusion-style baseline (reads pairs: fails unless it is handed their sources)."""
-    world = ShapesWorld("train", size=SIZE)
-    parts = FrozenParts.untrained(image_size=SIZE, prompts=[world.styled_image(s)[1] for s in range(20)])
-    config = ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder, unet_profile="tiny",
-                                    adapter=True)
-    model = PairDiffusionModel(config, parts)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.denoiser.parameters():
-            parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return ContextDiffusionPipeline(model.eval())
+    return ContextDiffusionPipeline(tiny_model(seed=1, model_class=PairDiffusionModel))
 
 
 @pytest.fixture(scope="module")

@@ -289,11 +289,11 @@ def test_style_siblings_paint_one_style_on_two_layouts(train, test_world):
         assert torch.stack(agree_other).mean() < 0.2
 
 
-def test_sibling_class_maps_label_the_siblings_pixels(train, test_world):
+def test_labelled_siblings_class_maps_label_the_siblings_pixels(train, test_world):
     for world in (train, test_world):
         for seed in range(10):
-            images, _ = world.styled_siblings(seed)
-            classes = world.styled_sibling_classes(seed)
+            images, _, classes = world.labelled_siblings(seed)
+            assert torch.equal(images, world.styled_siblings(seed)[0])
             assert classes.shape == (2, 64, 64) and classes.min() >= -1 and classes.max() < len(SHAPE_CLASSES)
             backdrop = world.render(Layout(shapes=()), world.style(seed))
             shows_backdrop = (images == backdrop).all(dim=1).numpy()  # (2, 3, H, W) -> (2, H, W)

@@ -264,21 +264,17 @@ class ShapesWorld:
         background's pattern, colour and angle, each class's fill) and nothing else: what a context image shares
         with its episode's target, so an encoder that must match them keeps what the diffusion model reads.
         """
-        style, layout, rasters = self._sibling_draw(seed)
-        images = [torch.from_numpy(self._painter.paint(r, style)) for r in rasters]
-        return torch.stack(images), style.describe(layout.classes)
+        images, prompt, _ = self.labelled_siblings(seed)
+        return images, prompt
 
-    def styled_sibling_classes(self, seed: int) -> np.ndarray:
-        """The class maps of ``styled_siblings(seed)``'s two images: (2, H, W) int8, -1 on the background, else the
-        SHAPE_CLASSES index. They label every pixel, so an encoder can be asked what each of its patches shows."""
-        _, _, rasters = self._sibling_draw(seed)
-        return np.stack([raster.classes for raster in rasters])  # 2 x (H, W) -> (2, H, W)
-
-    def _sibling_draw(self, seed: int) -> tuple[Style, Layout, tuple[Raster, Raster]]:
-        """The style and first layout of ``styled_image(seed)``, and the rasters of it and of a second layout."""
+    def labelled_siblings(self, seed: int) -> tuple[torch.Tensor, str, np.ndarray]:
+        """``styled_siblings(seed)`` with the class map of each image: (2, H, W) int8, -1 on the background, else
+        the SHAPE_CLASSES index. They label every pixel, so an encoder can be asked what each of its patches shows."""
         rng, style, layout, raster = self._styled_draw(seed)
         _, second = sample_layout(self._draw_layout_seed(rng), self.size, (), self.config)
-        return style, layout, (raster, second)
+        images = [torch.from_numpy(self._painter.paint(r, style)) for r in (raster, second)]
+        classes = np.stack([raster.classes, second.classes])  # 2 x (H, W) -> (2, H, W)
+        return torch.stack(images), style.describe(layout.classes), classes
 
     def _styled_draw(self, seed: int) -> tuple[random.Random, Style, Layout, Raster]:
         """The style, layout and raster of ``styled_image(seed)``, and the random stream they were drawn from."""
