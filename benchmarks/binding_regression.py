@@ -46,11 +46,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctxdiff_from_scratch.adapter import QueryAdapter
-from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, ShapesWorld
+from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, NUM_PATCH_CLASSES, ShapesWorld, patch_class_shares
 from ctxdiff_from_scratch.data.shapes_layout import SHAPE_CLASSES, rasterize
 from ctxdiff_from_scratch.evaluate import shape_pixel_errors
 from ctxdiff_from_scratch.model import Conditions, ContextDiffusionModel, FrozenParts, ModelConfig
-from ctxdiff_from_scratch.train_encoders import patch_class_shares
 
 TOKENS = ("frozen", "latent", "pixels", "oracle")
 K = 3  # context images per episode
@@ -58,7 +57,7 @@ PATCH = 8  # pixels per token side: a 64-pixel image gives the image encoder's 8
 TRAIN_SEED_BASE = 10_000_000  # fresh training episodes: seeds far from every split's evaluation seeds
 EVAL_SEED_BASE = 1_000_000  # unseen train episodes, as ``eval --split train --first-seed 1000000``
 EVAL_EPISODES = 48
-ORACLE_FEATURES = len(SHAPE_CLASSES) + 1 + 3 + 3  # class shares incl. background, shape RGB, background RGB
+ORACLE_FEATURES = NUM_PATCH_CLASSES + 3 + 3  # class shares incl. background, shape RGB, background RGB
 
 
 def oracle_features(image: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
@@ -99,7 +98,7 @@ class ContextTokenizer(nn.Module):
             self.net = nn.Linear(ORACLE_FEATURES, dim)
         self.position = nn.Parameter(0.02 * torch.randn(grid * grid, dim)) if kind != "frozen" else None
         self.index = nn.Parameter(0.02 * torch.randn(K, 1, dim)) if image_index else None
-        self.class_head = nn.Linear(dim, len(SHAPE_CLASSES) + 1) if class_loss else None
+        self.class_head = nn.Linear(dim, NUM_PATCH_CLASSES) if class_loss else None
         self.last_tokens: torch.Tensor | None = None  # the latest forward's tokens, for the auxiliary loss
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         # the conditional mean: from pure noise at t = T - 1, predict z_0 directly
         loss = F.mse_loss(denoiser(noise, last_t.expand(len(seeds)), conditions(batch)), batch["z0"])
         if args.class_weight:
-            loss = loss + args.class_weight * tokenizer.class_loss(batch["oracle"][..., :len(SHAPE_CLASSES) + 1])
+            loss = loss + args.class_weight * tokenizer.class_loss(batch["oracle"][..., :NUM_PATCH_CLASSES])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

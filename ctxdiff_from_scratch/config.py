@@ -137,6 +137,8 @@ class ContextConfig:
     tokenizer:   what each context image's tokens are: "frozen" (the frozen image encoder's, paper) or "latents"
                  (a trainable tokenizer over the image's latent, one token per latent position; context_tokenizer.py)
     latent_side: h = w of a latent (the autoencoder's), the grid of the "latents" tokenizer
+    patch_classes: > 0 gives the "latents" tokenizer a linear head naming each token's patch class out of that many
+                 (``train --patch-class-weight``: an auxiliary loss during training, unused when sampling); 0: none
     """
 
     visual_dim: int = 128
@@ -146,6 +148,7 @@ class ContextConfig:
     combine: str = "sum"
     tokenizer: str = "frozen"
     latent_side: int = 8
+    patch_classes: int = 0
 
     def __post_init__(self) -> None:
         _check_positive("ContextConfig", visual_dim=self.visual_dim, context_dim=self.context_dim,
@@ -154,6 +157,9 @@ class ContextConfig:
             raise ValueError(f"ContextConfig.combine={self.combine!r} is not one of {COMBINE_MODES}.")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"ContextConfig.tokenizer={self.tokenizer!r} is not one of {TOKENIZERS}.")
+        if self.patch_classes < 0 or (self.patch_classes and not self.learns_tokens):
+            raise ValueError(f"ContextConfig.patch_classes={self.patch_classes}: a class head needs a trainable "
+                             "tokenizer (tokenizer='latents') and a count >= 1, or 0 for none.")
 
     @property
     def learns_tokens(self) -> bool:

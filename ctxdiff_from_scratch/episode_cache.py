@@ -14,7 +14,9 @@ Memory: targets as fp32 latents, queries as uint8 images (the worlds' images are
 The shipped cpu recipe (6000 episodes, k in {1, 2, 3}, 64 tokens of width 128) takes about 0.3 GB. A model that
 tokenizes the context itself (``ContextConfig.tokenizer = "latents"``) also keeps the context latents, as fp16:
 about 0.08 GB more for that pool (48x8x8 latents). The Prompt-Diffusion-style baseline reads example pairs
-(``baselines/prompt_diffusion.py``): its pool keeps each context image and its source as uint8 images.
+(``baselines/prompt_diffusion.py``): its pool keeps each context image and its source as uint8 images. A tokenizer
+with a class head (``ContextConfig.patch_classes``) also needs each context token's patch class shares, read off
+ShapesWorld's layouts: fp16, about 16 MB for that pool.
 
 A fixed pool is seen again and again (6000 episodes, a few hundred times each in a long run), and a network that can
 memorise its episodes need not learn to read the context. :class:`PoolRefresher` therefore overwrites a rotating
@@ -29,6 +31,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -36,6 +39,7 @@ from tqdm.auto import tqdm
 from .baselines.prompt_diffusion import PairConditions
 from .context import encode_context_images
 from .data import collate_episodes
+from .data.shapes import patch_class_shares
 from .model import Conditions, ContextDiffusionModel
 
 ENCODE_BATCH = 128  # episodes encoded per forward pass while building the pool
@@ -57,6 +61,8 @@ class EpisodeGroup:
                   frozen encoder's tokens)
     pair_sources, pair_targets: (n, k, 3, H, W) uint8 each context image's source view and the image itself, for a
                   model that reads example pairs (``model.reads_pairs``); else None
+    class_shares: (n, k, h*w, classes) fp16 per context token, the share of its patch's pixels of each class
+                  (``data.shapes.patch_class_shares``), for a tokenizer with a class head; else None
     """
 
     latents: torch.Tensor
@@ -67,6 +73,7 @@ class EpisodeGroup:
     context_latents: torch.Tensor | None = None
     pair_sources: torch.Tensor | None = None
     pair_targets: torch.Tensor | None = None
+    class_shares: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -93,6 +100,13 @@ class EpisodeGroup:
             cond = PairConditions.from_conditions(cond, sources, targets)
         return self.latents[index].to(device), cond
 
+    def patch_class_shares(self, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        """Episodes ``index`` (B,): their context tokens' class shares (B, k, h*w, classes) in fp32 on ``device``."""
+        if self.class_shares is None:
+            raise ValueError("this pool keeps no patch class shares: build it for a model whose tokenizer has a "
+                             "class head (ContextConfig.patch_classes > 0).")
+        return self.class_shares[index].to(device, torch.float32)
+
     def write(self, slots: torch.Tensor, fresh: "EpisodeGroup") -> None:
         """Overwrite the episodes at ``slots`` (m,) with ``fresh``'s m episodes (same k), in place.
 
@@ -106,7 +120,7 @@ class EpisodeGroup:
             self.text_tokens[slots], self.text_mask[slots] = fresh.text_tokens, fresh.text_mask
         self.latents[slots], self.queries[slots], self.image_tokens[slots] = (fresh.latents, fresh.queries,
                                                                                fresh.image_tokens)
-        for name in ("context_latents", "pair_sources", "pair_targets"):
+        for name in ("context_latents", "pair_sources", "pair_targets", "class_shares"):
             if getattr(self, name) is not None:
                 getattr(self, name)[slots] = getattr(fresh, name)
 
@@ -167,14 +181,14 @@ class EpisodePool:
         groups = {}
         for k in key["k_choices"]:
             fields = ("latents", "queries", "image_tokens", "text_tokens", "text_mask", "context_latents",
-                      "pair_sources", "pair_targets")
+                      "pair_sources", "pair_targets", "class_shares")
             groups[k] = EpisodeGroup(*(tensors.get(f"k{k}.{name}") for name in fields))
         return cls(groups, key)
 
 
 def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...]) -> dict:
     """What a pool depends on: the world, its size, the k's, what it keeps beyond the frozen encoders' outputs
-    (context latents, example pairs), and a fingerprint of the frozen parts' weights."""
+    (context latents, example pairs, patch class shares), and a fingerprint of the frozen parts' weights."""
     digest = hashlib.sha1()
     for part in (model.autoencoder, model.image_encoder, model.text_encoder):
         for name, tensor in ([] if part is None else sorted(part.state_dict().items())):
@@ -182,7 +196,8 @@ def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tup
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
             "image_size": model.config.image_size, "context_latents": model.config.context.learns_tokens,
-            "pairs": model.reads_pairs, "parts_sha1": digest.hexdigest()}
+            "pairs": model.reads_pairs, "patch_classes": model.config.context.patch_classes,
+            "parts_sha1": digest.hexdigest()}
 
 
 def load_or_build_pool(model: ContextDiffusionModel, world, pool_size: int, k_choices: tuple[int, ...],
@@ -209,7 +224,19 @@ def encode_episodes(model: ContextDiffusionModel, world, seeds: list[int], k: in
 @torch.no_grad()
 def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int, bar) -> tuple:
     device = model.device
-    batch = collate_episodes([world.episode(seed, k=k) for seed in seeds]).to(device)
+    class_shares = None
+    if model.config.context.patch_classes:
+        if not hasattr(world, "labelled_episode"):
+            raise ValueError(f"a tokenizer with a class head learns from the layouts' class maps, which {world!r} "
+                             "does not have: train it on ShapesWorld, or without --patch-class-weight.")
+        episodes, classes = zip(*(world.labelled_episode(seed, k=k) for seed in seeds))
+        class_maps = torch.from_numpy(np.stack(classes))  # n x (k, H, W) -> (n, k, H, W)
+        grid = model.config.context.latent_side
+        class_shares = patch_class_shares(class_maps.flatten(0, 1), grid).half()  # (n*k, H, W) -> (n*k, g*g, C)
+        class_shares = class_shares.unflatten(0, (len(seeds), k))  # -> (n, k, g*g, C)
+    else:
+        episodes = [world.episode(seed, k=k) for seed in seeds]
+    batch = collate_episodes(list(episodes)).to(device)
     latents = model.encode_images(batch.target).float().cpu()
     queries = _to_bytes(batch.query)
     if model.config.context.learns_tokens:  # its tokens come from the context latents below
@@ -233,7 +260,8 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
         pair_targets = _to_bytes(batch.context)
     if bar is not None:
         bar.update(len(seeds))
-    return latents, queries, image_tokens, text_tokens, text_mask, context_latents, pair_sources, pair_targets
+    return (latents, queries, image_tokens, text_tokens, text_mask, context_latents, pair_sources, pair_targets,
+            class_shares)
 
 
 def _to_bytes(images: torch.Tensor) -> torch.Tensor:

@@ -94,14 +94,16 @@ class ModelConfig:
     def from_parts(cls, autoencoder: Autoencoder, image_encoder: ImageEncoder, text_encoder: TextEncoder | None,
                    world: str = "shapes", unet_profile: str = "cpu", adapter: bool = False,
                    schedule: ScheduleConfig = DEFAULT_SCHEDULE, combine: str = ContextConfig.combine,
-                   tokenizer: str = ContextConfig.tokenizer, **unet_overrides) -> "ModelConfig":
+                   tokenizer: str = ContextConfig.tokenizer, patch_classes: int = 0,
+                   **unet_overrides) -> "ModelConfig":
         """A config whose widths fit the given frozen parts: latent channels from the autoencoder, D_v from the
         image encoder, D_c from the text encoder (or D_v when the world has no prompts)."""
         context_dim = text_encoder.config.dim if text_encoder is not None else image_encoder.config.dim
         unet = UNetConfig.profile(unet_profile, **{"latent_channels": autoencoder.config.latent_channels,
                                                    "context_dim": context_dim, **unet_overrides})
         context = ContextConfig(visual_dim=image_encoder.config.dim, context_dim=context_dim, combine=combine,
-                                tokenizer=tokenizer, latent_side=autoencoder.config.latent_shape[-1])
+                                tokenizer=tokenizer, latent_side=autoencoder.config.latent_shape[-1],
+                                patch_classes=patch_classes)
         adapter_config = AdapterConfig(downsample_factor=autoencoder.config.downsample_factor) if adapter else None
         return cls(world=world, image_size=autoencoder.config.image_size, unet=unet, context=context,
                    adapter=adapter_config, schedule=schedule)
@@ -208,7 +210,8 @@ class Denoiser(nn.Module):
         self.adapter = QueryAdapter(config.unet, config.adapter) if config.adapter is not None else None
         context = config.context
         self.context_tokenizer = (LatentTokenizer(config.unet.latent_channels, context.latent_side,
-                                                  context.visual_dim) if context.learns_tokens else None)
+                                                  context.visual_dim, patch_classes=context.patch_classes)
+                                  if context.learns_tokens else None)
 
     def visual_tokens(self, cond: Conditions) -> torch.Tensor | None:
         """Per-image context tokens (B, k, N, D_v) for Eq. 3: the frozen encoder's, or the trained tokenizer's over

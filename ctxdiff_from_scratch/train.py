@@ -78,6 +78,7 @@ from .baselines.prompt_diffusion import PairDiffusionModel
 from .checkpoint import config_from_dict, load_part, save_part
 from .config import COMBINE_MODES, TOKENIZERS, AdapterConfig, ContextConfig, UNET_PROFILES, UNetConfig
 from .data import WORLDS, make_world
+from .data.shapes import NUM_PATCH_CLASSES
 from .device import get_device, seed_everything
 from .episode_cache import EpisodePool, PoolRefresher, encode_episodes, load_or_build_pool
 from .model import ContextDiffusionModel, Denoiser, FrozenParts, ModelConfig
@@ -138,6 +139,8 @@ class TrainConfig:
     combine: str | None = None     # merge of the k context token sequences; None: "sum" in stage 1, --init's in 2
     tokenizer: str | None = None   # the context images' tokens (TOKENIZERS); None: "frozen" in stage 1, --init's in 2
     baseline: str | None = None    # "prompt-diffusion": train the PD-style baseline (joint only) instead of the model
+    # > 0: add this times the latent tokenizer's patch class loss (context_tokenizer.py) to Eq. 2; shapes only
+    patch_class_weight: float = 0.0
     p_drop_prompt: float = 0.5
     p_drop_context: float = 0.1
     p_drop_both: float = 0.05
@@ -188,6 +191,12 @@ class TrainConfig:
             raise ValueError("the Prompt-Diffusion-style baseline reads no visual tokens: drop --tokenizer.")
         if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
             raise ValueError(f"unknown context tokenizer {self.tokenizer!r}; choose one of {TOKENIZERS}.")
+        if self.patch_class_weight < 0:
+            raise ValueError(f"patch_class_weight must be >= 0 (0: off), got {self.patch_class_weight}.")
+        if self.patch_class_weight and (self.tokenizer != "latents" or self.stage != 1 or self.world != "shapes"):
+            raise ValueError("--patch-class-weight teaches the trainable tokenizer which shape each context patch "
+                             "shows: it needs --tokenizer latents, stage 1 or --joint, and --world shapes (whose "
+                             "layouts label every pixel).")
         if self.unet_profile not in UNET_PROFILES:
             raise ValueError(f"unknown UNet profile {self.unet_profile!r}; choose one of {sorted(UNET_PROFILES)}.")
         for name in ("steps", "batch_size", "grad_accum", "pool_size", "log_every", "checkpoint_every"):
@@ -424,6 +433,7 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
                                               adapter=config.joint, schedule=schedule,
                                               combine=config.combine or ContextConfig.combine,
                                               tokenizer=config.tokenizer or ContextConfig.tokenizer,
+                                              patch_classes=NUM_PATCH_CLASSES if config.patch_class_weight else 0,
                                               **config.unet_overrides)
         model_class = PairDiffusionModel if config.baseline else ContextDiffusionModel
         model = model_class(model_config, parts)
@@ -570,7 +580,7 @@ class Trainer:
         # Training seconds so far, one value on every process (``train_step`` agrees on it): "wsd" anneals by it.
         self.clock = 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config, self.clock))
-        self.step, self.elapsed, self.interval = 0, 0.0, {"loss": 0.0, "count": 0}
+        self.step, self.elapsed, self.interval = 0, 0.0, empty_interval()
         if resume_from is not None:
             self._load_checkpoint(resume_from)
         if self.refresher is not None:
@@ -627,8 +637,9 @@ class Trainer:
         return losses
 
     # -- one step ---------------------------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float]:
-        """One optimiser step on the global batch of ``self.step``; returns (mean loss, grad norm) over processes."""
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimiser step on the global batch of ``self.step``; returns the mean Eq. 2 loss, grad norm and patch
+        class loss (0 without ``patch_class_weight``) over processes."""
         if self.refresher is not None:
             self.refresher.refresh(self.step)
         batch = draw_batch(self.pool, self.config, self.step, self.model.latent_shape,
@@ -636,6 +647,8 @@ class Trainer:
         group = self.pool.groups[batch.k]
         share = self.config.batch_size // self.config.grad_accum
         loss_sum = torch.zeros((), device=self.device)
+        class_sum = torch.zeros((), device=self.device)
+        weight = self.config.patch_class_weight
         for m in range(self.config.grad_accum):
             start = m * share + self.rank * self.micro  # micro-step m, this process's slice of it
             part = batch.slice(slice(start, start + self.micro))
@@ -647,14 +660,21 @@ class Trainer:
                     loss = diffusion_loss(self.ddp_denoiser, self.schedule, z0, cond, part.t.to(self.device),
                                           part.noise.to(self.device), part.drop_prompt.to(self.device),
                                           part.drop_context.to(self.device), self.config.min_snr_gamma)
-                self.accelerator.backward(loss / self.config.grad_accum)
+                    class_loss = torch.zeros((), device=self.device)
+                    if weight:  # L = Eq. 2 + w * L_cls (context_tokenizer.py)
+                        class_loss = self.denoiser.context_tokenizer.patch_class_loss(
+                            cond.context_latents, cond.context_mask, group.patch_class_shares(part.index, self.device))
+                self.accelerator.backward((loss + weight * class_loss) / self.config.grad_accum)
             loss_sum += loss.detach()
+            class_sum += class_loss.detach()
         grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.grad_clip)
         elapsed = self.elapsed_now()
         over_time = float(self.config.minutes is not None and elapsed >= 60 * self.config.minutes)
         stats = torch.stack([loss_sum / self.config.grad_accum, grad_norm.float().to(self.device),
-                             torch.tensor(over_time, device=self.device), torch.tensor(elapsed, device=self.device)])
-        loss_value, norm_value, self.stop_for_time, self.clock = self.accelerator.reduce(stats, "mean").tolist()
+                             torch.tensor(over_time, device=self.device), torch.tensor(elapsed, device=self.device),
+                             class_sum / self.config.grad_accum])
+        loss_value, norm_value, self.stop_for_time, self.clock, class_value = \
+            self.accelerator.reduce(stats, "mean").tolist()
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             raise FloatingPointError(
                 f"training diverged at step {self.step + 1}: loss = {loss_value}, gradient norm = {norm_value}. "
@@ -666,7 +686,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.denoiser, self.step)
         self.step += 1
-        return loss_value, norm_value
+        return loss_value, norm_value, class_value
 
     def elapsed_now(self) -> float:
         """Training seconds over all sessions of this run (a resumed run continues the count)."""
@@ -680,18 +700,21 @@ class Trainer:
         bar = tqdm(total=config.steps, initial=self.step, desc=f"train {config.world} "
                    f"{'joint' if config.joint else f'stage {config.stage}'}", disable=not self.is_main)
         while self.step < config.steps and not self.stop_for_time:
-            loss, grad_norm = self.train_step()
+            loss, grad_norm, class_loss = self.train_step()
             self.interval["loss"] += loss
+            self.interval["class_loss"] += class_loss
             self.interval["count"] += 1
             if self.step % config.log_every == 0:
                 now = time.perf_counter()
                 img_per_s = (self.step - mark_step) * config.batch_size / max(now - mark, 1e-9)
                 mark, mark_step = now, self.step
                 mean_loss = self.interval["loss"] / self.interval["count"]
-                self.interval = {"loss": 0.0, "count": 0}
+                extra = ({"patch_class_loss": self.interval["class_loss"] / self.interval["count"]}
+                         if config.patch_class_weight else {})
+                self.interval = empty_interval()
                 if self.is_main:
                     self.logger.log(step=self.step, loss=mean_loss, lr=self.scheduler.get_last_lr()[0],
-                                    grad_norm=grad_norm, img_per_s=img_per_s, elapsed_s=self.elapsed_now())
+                                    grad_norm=grad_norm, img_per_s=img_per_s, elapsed_s=self.elapsed_now(), **extra)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{img_per_s:.0f}")
             bar.update(1)
             if self.probe is not None and self.step % config.probe_every == 0:
@@ -800,9 +823,14 @@ class Trainer:
         self.scheduler.load_state_dict(trainer_state["scheduler"])
         self.step, self.elapsed = trainer_state["step"], trainer_state["elapsed_seconds"]
         self.clock = self.elapsed
-        self.interval = trainer_state["interval"]
+        self.interval = {**empty_interval(), **trainer_state["interval"]}  # older runs kept no class loss
         if (folder / f"rng_{self.rank}.safetensors").is_file():
             set_rng_state(*_load_tensors_json(folder, f"rng_{self.rank}"))
+
+
+def empty_interval() -> dict[str, float]:
+    """The running sums of one logging interval."""
+    return {"loss": 0.0, "class_loss": 0.0, "count": 0}
 
 
 def checkpoint_name(step: int) -> str:
@@ -857,6 +885,9 @@ def resumed_config(checkpoint: Path, overrides: dict) -> TrainConfig:
     Any other field given with a different value is an error: the resumed run would no longer match.
     """
     saved = json.loads((checkpoint / "trainer_state.json").read_text())["config"]
+    # a field newer than the checkpoint ran with its default
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     clashes = {k: (saved[k], v) for k, v in overrides.items()
                if k not in RESUME_OVERRIDABLE and k in saved and _normalise(saved[k]) != _normalise(v)}
     if clashes:
@@ -914,6 +945,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--baseline", choices=("prompt-diffusion",), default=None,
         help="train the Prompt-Diffusion-style baseline (example pairs in the query adapter, text-only "
              "cross-attention; baselines/prompt_diffusion.py) instead of Context Diffusion; needs --joint")
+    add("--patch-class-weight", type=float, default=None,
+        help="with --tokenizer latents on shapes: add this times an auxiliary loss that makes each context token "
+             "name its patch's shape class (a linear head, cross-entropy against the layout's class shares) to Eq. 2; "
+             "0 (default): off")
     add("--pool-size", type=int, default=None, help="pre-encoded training episodes")
     add("--pool-cache", default=None, help="safetensors file to keep the encoded pool between runs")
     add("--fresh-per-step", type=int, default=None,

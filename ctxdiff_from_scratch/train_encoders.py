@@ -56,6 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import WORLDS
+from .data.shapes import NUM_PATCH_CLASSES, patch_class_shares
 from .device import get_device, seed_everything
 from .encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig, clip_loss, config_summary,
                        retrieval_top1)
@@ -146,21 +147,6 @@ class EncoderTrainConfig:
             raise ValueError(f"profile={profile!r} is not one of {list(cls.PROFILES)}.")
         return cls(**{**cls.WORLD_DEFAULTS[world], **cls.PROFILES[profile], "world": world, "profile": profile,
                       **overrides})
-
-
-def patch_class_shares(classes: torch.Tensor, grid: int) -> torch.Tensor:
-    """Per patch of a ``grid`` x ``grid`` split, the share of its pixels of each class: the dense target of the
-    image tokens. classes: (N, H, W) int, -1 on the background -> (N, grid*grid, 1 + len(SHAPE_CLASSES)), rows sum
-    to 1, column 0 the background, in the image encoder's token order (row-major)."""
-    from .data.shapes_layout import SHAPE_CLASSES
-
-    size = classes.shape[-1]
-    if classes.dim() != 3 or classes.shape[-2] != size or size % grid:
-        raise ValueError(f"classes must be (N, H, H) with H a multiple of grid={grid}, got {tuple(classes.shape)}.")
-    one_hot = F.one_hot(classes.long() + 1, 1 + len(SHAPE_CLASSES)).permute(0, 3, 1, 2).float()
-    # (N, H, W) -> (N, H, W, C) -> (N, C, H, W)
-    shares = F.avg_pool2d(one_hot, size // grid)  # (N, C, H, W) -> (N, C, g, g)
-    return shares.flatten(2).transpose(1, 2)  # (N, C, g, g) -> (N, C, g*g) -> (N, g*g, C)
 
 
 class ContrastivePair(nn.Module):
@@ -400,11 +386,7 @@ def train_encoders(config: EncoderTrainConfig, out_dir: str | Path, device: torc
                                                              max_length=tokenizer.max_length))
     else:
         bank = glyph_bank(_glyph_world("train", config.image_size), desc="rendering train glyphs")
-    patch_classes = 0
-    if config.patch_class_weight:
-        from .data.shapes_layout import SHAPE_CLASSES
-
-        patch_classes = 1 + len(SHAPE_CLASSES)
+    patch_classes = NUM_PATCH_CLASSES if config.patch_class_weight else 0
     model = ContrastivePair(ImageEncoder(image_config), text_encoder, config.init_temperature,
                             patch_classes).to(device)
     test_bank = None if config.world == "shapes" else glyph_bank(_glyph_world("test", config.image_size),

@@ -1,12 +1,18 @@
 """The trainable context tokenizer (ContextConfig.tokenizer = "latents"): shapes, masks, what reaches Eq. 3,
-training through it, saving, and stage 2 keeping it."""
+training through it, saving, stage 2 keeping it, and the class head's auxiliary loss."""
+import json
+import math
+
 import pytest
 import torch
 
+from ctxdiff_from_scratch.config import ContextConfig
 from ctxdiff_from_scratch.context_tokenizer import LatentTokenizer
 from ctxdiff_from_scratch.data import collate_episodes
+from ctxdiff_from_scratch.data.shapes import NUM_PATCH_CLASSES, patch_class_shares
 from ctxdiff_from_scratch.episode_cache import encode_episodes
 from ctxdiff_from_scratch.model import ContextDiffusionModel, ModelConfig, save_frozen_parts
+from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.train import TrainConfig, build_model, main
 
 
@@ -100,3 +106,85 @@ def test_training_updates_the_tokenizer_saves_it_and_stage_2_keeps_it(parts, tmp
                                              tokenizer="frozen"))
     with pytest.raises(ValueError, match="unknown context tokenizer"):
         TrainConfig.from_profile("tiny", tokenizer="clip")
+
+
+def test_patch_class_loss_is_the_soft_cross_entropy_over_real_context_images():
+    torch.manual_seed(0)
+    tokenizer = LatentTokenizer(latent_channels=4, grid=4, dim=16, patch_classes=3)
+    latents = torch.randn(2, 2, 4, 4, 4)
+    mask = torch.tensor([[True, False], [True, True]])
+    shares = torch.softmax(torch.randn(2, 2, 16, 3), dim=-1)
+    loss = tokenizer.patch_class_loss(latents, mask, shares)
+    log_probs = torch.log_softmax(tokenizer.class_head(tokenizer.tokenize(latents.flatten(0, 1))), -1)
+    by_hand = -(shares.flatten(0, 1) * log_probs).sum(-1).mean(-1)  # (4, 16, 3) -> (4,): per context image
+    assert torch.allclose(loss, by_hand[[0, 2, 3]].mean())  # slot (0, 1) is padding: not counted
+    padded = latents.clone()
+    padded[0, 1] = 100.0
+    assert torch.equal(tokenizer.patch_class_loss(padded, mask, shares), loss)
+    # the loss teaches the head (and tokens) to name the patch: it falls when trained on fixed shares
+    optimizer = torch.optim.Adam(tokenizer.parameters(), lr=1e-2)
+    for _ in range(50):
+        optimizer.zero_grad()
+        tokenizer.patch_class_loss(latents, mask, shares).backward()
+        optimizer.step()
+    assert tokenizer.patch_class_loss(latents, mask, shares) < 0.9 * loss
+    with pytest.raises(ValueError, match=r"must be \(B, k, 16, 3\)"):
+        tokenizer.patch_class_loss(latents, mask, shares[..., :2])
+    with pytest.raises(ValueError, match="no class head"):
+        LatentTokenizer(latent_channels=4, grid=4, dim=16).patch_class_loss(latents, mask, shares)
+    with pytest.raises(ValueError, match="needs a trainable tokenizer"):
+        ContextConfig(patch_classes=7)
+
+
+def test_a_pool_for_the_class_head_keeps_each_context_tokens_class_shares(parts, world):
+    config = ModelConfig.from_parts(parts.autoencoder, parts.image_encoder, parts.text_encoder, unet_profile="tiny",
+                                    adapter=True, tokenizer="latents", patch_classes=NUM_PATCH_CLASSES)
+    model = ContextDiffusionModel(config, parts)
+    group = encode_episodes(model, world, [4, 5, 6], k=2)
+    grid = model.config.context.latent_side
+    assert group.class_shares.shape == (3, 2, grid * grid, NUM_PATCH_CLASSES)
+    shares = group.patch_class_shares(torch.tensor([1]), "cpu")[0]  # episode seed 5: (2, g*g, C)
+    _, classes = world.labelled_episode(5, k=2)
+    assert torch.equal(shares, patch_class_shares(torch.from_numpy(classes), grid))
+    assert torch.allclose(shares.sum(-1), torch.ones(2, grid * grid))
+    assert encode_episodes(make_model(parts, "latents"), world, [4], k=2).class_shares is None
+    with pytest.raises(ValueError, match="keeps no patch class shares"):
+        encode_episodes(make_model(parts, "latents"), world, [4], k=2).patch_class_shares(torch.tensor([0]), "cpu")
+
+
+def test_training_with_the_patch_class_loss_logs_it_and_trains_the_head(parts, world, tmp_path):
+    folder = tmp_path / "parts"
+    save_frozen_parts(parts, folder)
+    out = tmp_path / "cls"
+    main(["--profile", "tiny", "--parts", str(folder), "--out", str(out), "--steps", "6", "--joint",
+          "--tokenizer", "latents", "--patch-class-weight", "1", "--lr", "3e-3"])
+    log = read_log(out / "train_log.csv")
+    losses = log["patch_class_loss"]
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert losses[0] > 0.5 * math.log(NUM_PATCH_CLASSES)  # a cross-entropy near chance at the start, not a zero
+    model = ContextDiffusionModel.from_pretrained(out)
+    assert model.config.context.patch_classes == NUM_PATCH_CLASSES
+    head = model.denoiser.context_tokenizer.class_head
+    assert head is not None and head.weight.shape == (NUM_PATCH_CLASSES, model.config.context.visual_dim)
+    # sampling never reads the head: the prediction is the same with it removed
+    episode = collate_episodes([world.episode(2, k=2)])
+    cond = model.encode_conditions(episode.query, episode.context, episode.context_mask, episode.prompts)
+    x, t = torch.randn(1, *model.latent_shape), torch.tensor([500])
+    before = model.predict(x, t, cond)
+    model.denoiser.context_tokenizer.class_head = None
+    assert torch.equal(model.predict(x, t, cond), before)
+    for bad, match in (({"tokenizer": "frozen"}, "needs --tokenizer latents"),
+                       ({"tokenizer": "latents", "world": "glyphs"}, "needs --tokenizer latents"),
+                       ({"tokenizer": "latents", "stage": 2, "init": "x"}, "needs --tokenizer latents")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.from_profile("tiny", patch_class_weight=1.0, **bad)
+    with pytest.raises(ValueError, match=">= 0"):
+        TrainConfig.from_profile("tiny", tokenizer="latents", patch_class_weight=-1.0)
+    # a run that started before the option existed resumes with it off, and refuses to switch it on
+    state_file = out / "checkpoints" / "step_0000006" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["patch_class_weight"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="patch_class_weight: checkpoint 0.0 vs now 2.0"):
+        main(["--profile", "tiny", "--out", str(out), "--resume", "--joint", "--tokenizer", "latents",
+              "--patch-class-weight", "2"])

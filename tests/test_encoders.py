@@ -4,13 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctxdiff_from_scratch.data.shapes import ShapesWorld
+from ctxdiff_from_scratch.data.shapes import ShapesWorld, patch_class_shares
 from ctxdiff_from_scratch.encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig,
                                            clip_loss, retrieval_top1)
 from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.tokenizer import WordTokenizer
 from ctxdiff_from_scratch.train_encoders import (ContrastivePair, EncoderTrainConfig, encode_glyph_sets,
-                                                 learning_rate, main, patch_class_shares, sample_glyph_sets,
+                                                 learning_rate, main, sample_glyph_sets,
                                                  sibling_pairs, twin_pairs)
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "data" / "checkpoints"

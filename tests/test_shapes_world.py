@@ -304,6 +304,19 @@ def test_labelled_siblings_class_maps_label_the_siblings_pixels(train, test_worl
             assert set(np.unique(classes[0][classes[0] >= 0])) <= {SHAPE_CLASSES.index(c) for c in shown}
 
 
+def test_labelled_episode_is_the_episode_with_its_context_class_maps(train, test_world):
+    for world in (train, test_world):
+        for seed, task in ((3, "seg2img"), (4, "img2edge"), (5, None)):
+            episode, classes = world.labelled_episode(seed, task, k=3)
+            plain = world.episode(seed, task, k=3)
+            assert torch.equal(episode.context, plain.context) and torch.equal(episode.target, plain.target)
+            spec = world.episode_spec(seed, task, k=3)
+            assert classes.shape == (3, 64, 64)
+            for i, layout in enumerate(spec.context_layouts):
+                assert np.array_equal(classes[i], rasterize(layout, 64).classes)
+    assert train.labelled_episode(1, k=0)[1].shape == (0, 64, 64)
+
+
 def test_collate_mixed_k(train):
     episodes = [train.episode(s, None, k) for s, k in ((0, 0), (1, 1), (2, 3))]
     batch = collate_episodes(episodes)

@@ -21,6 +21,7 @@ What other modules can use::
     world = ShapesWorld("train", size=64)
     world.episode(seed, task=None, k=3)        # an Episode (tensors); task=None cycles through world.train_tasks
     world.episode_spec(seed, task, k)          # the same episode unrendered: its Style, target and context Layouts
+    world.labelled_episode(seed, task, k)      # the episode and its context images' class maps (k, H, W)
     world.context_sources(seed, task, k)       # (k, 3, H, W): each context image's source view, for example pairs
     world.styled_image(seed)                   # (image (3, H, W), style prompt), e.g. to train a text encoder
     world.styled_sample(seed)                  # the same image with its Style and shown classes, unworded
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .edges import QUERY_CANNY, canny
 from .episode import Episode
@@ -59,6 +61,7 @@ TASKS = FORWARD_TASKS + REVERSE_TASKS + OUT_OF_DOMAIN_TASKS
 MAP_KINDS = ("edge", "seg", "depth", "scribble", "sketch", "canny")
 MAP_PROMPTS = {"edge": "an edge map", "seg": "a segmentation map", "depth": "a depth map"}
 SPLITS = ("train", "test")
+NUM_PATCH_CLASSES = 1 + len(SHAPE_CLASSES)  # what a patch can show: background or one shape class
 MIN_SIZE = 16
 
 # Random streams are keyed by (seed, tag, split); tags 0..8 are the tasks, this one is for styled_image.
@@ -179,6 +182,11 @@ class ShapesWorld:
         seed: any non-negative integer; task: one of ``tasks`` (None picks a training task from the seed);
         k: the number of context images (0 allowed).
         """
+        return self.labelled_episode(seed, task, k)[0]
+
+    def labelled_episode(self, seed: int, task: str | None = None, k: int = 3) -> tuple[Episode, np.ndarray]:
+        """``episode(seed, task, k)`` and the class map of each context image: (k, H, W) int8, -1 on the background,
+        else the SHAPE_CLASSES index -- which shape every context pixel shows, to teach a tokenizer to name them."""
         spec, target_raster, context_rasters = self._draw_episode(seed, task, k)
         target_image = self._painter.paint(target_raster, spec.style)  # the styled target, also the canny source
         query = self._view(spec.source, spec.target_layout, target_raster, spec.style, target_image)
@@ -189,7 +197,9 @@ class ShapesWorld:
             # k x (3, H, W) -> (k, 3, H, W)
         else:
             context = torch.zeros(0, 3, self.size, self.size)
-        return Episode(torch.from_numpy(query), context, torch.from_numpy(target), spec.prompt, spec.task)
+        classes = np.stack([raster.classes for raster in context_rasters]) if k > 0 else \
+            np.zeros((0, self.size, self.size), dtype=np.int8)  # k x (H, W) -> (k, H, W)
+        return Episode(torch.from_numpy(query), context, torch.from_numpy(target), spec.prompt, spec.task), classes
 
     def context_sources(self, seed: int, task: str | None = None, k: int = 3) -> torch.Tensor:
         """The source-domain view of each context layout of ``episode(seed, task, k)`` -> (k, 3, H, W) float32.
@@ -293,3 +303,16 @@ class ShapesWorld:
         kinds = [kind for kind in MAP_KINDS if kind != "canny"]
         kinds += ["img", "canny"] if style is not None else []
         return {kind: torch.from_numpy(self._view(kind, layout, raster, style)) for kind in kinds}
+
+
+def patch_class_shares(classes: torch.Tensor, grid: int) -> torch.Tensor:
+    """Per patch of a ``grid`` x ``grid`` split, the share of its pixels of each class: the dense target for tokens
+    that should name what their patch shows. classes: (N, H, W) int, -1 on the background -> (N, grid*grid,
+    NUM_PATCH_CLASSES), rows sum to 1, column 0 the background, patches in row-major token order."""
+    size = classes.shape[-1]
+    if classes.dim() != 3 or classes.shape[-2] != size or size % grid:
+        raise ValueError(f"classes must be (N, H, H) with H a multiple of grid={grid}, got {tuple(classes.shape)}.")
+    one_hot = F.one_hot(classes.long() + 1, NUM_PATCH_CLASSES).permute(0, 3, 1, 2).float()
+    # (N, H, W) -> (N, H, W, C) -> (N, C, H, W)
+    shares = F.avg_pool2d(one_hot, size // grid)  # (N, C, H, W) -> (N, C, g, g)
+    return shares.flatten(2).transpose(1, 2)  # (N, C, g, g) -> (N, C, g*g) -> (N, g*g, C)
