@@ -1,5 +1,5 @@
 """The benchmarks' wiring: time-to-quality runs every phase and writes its summary (tiny profiles); the encoder and
-colour-binding probes and the binding regression run and report."""
+colour-binding probes, the binding regression and the conditional-mean probe run and report."""
 import json
 import subprocess
 import sys
@@ -103,3 +103,20 @@ def test_binding_regression_trains_and_reports_against_its_bounds(tmp_path, toke
     bounds = summary["bounds"]
     assert 0.0 < bounds["perfect_binding"] < bounds["palette_only"] < 1.0  # binding needs more than the palette
     assert summary["steps"] >= 1 and summary["final"]["shape_mse"] > 0 and (out / "log.csv").is_file()
+
+
+def test_conditional_mean_probe_scores_both_settings_and_refuses_glyph_models(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "conditional_mean.py"), "--threads", "1", "--episodes", "4"]
+    out = tmp_path / "cond_mean.json"
+    result = subprocess.run([*script, "--checkpoint", "data/checkpoints/shapes", "--tasks", "seg2img", "edge2img",
+                             "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["split"] == "train" and report["seeds"] == [1_000_000, 1_000_003]
+    scores = report["results"]["data/checkpoints/shapes"]
+    assert set(scores) == {"seg2img", "edge2img"}
+    for errors in scores.values():
+        assert 0 < errors["context"] < 1 and 0 < errors["none"] < 1 and errors["context"] != errors["none"]
+    refused = subprocess.run([*script, "--checkpoint", "data/checkpoints/glyphs"], capture_output=True, text=True,
+                             cwd=ROOT)
+    assert refused.returncode != 0 and "ShapesWorld Context Diffusion models" in refused.stderr
