@@ -253,6 +253,7 @@ def test_the_trainer_trains_the_baseline_on_pooled_pairs_and_guidance_sees_them(
     pool = EpisodePool.load(cache, pool_key(model, world, 24, (1, 2, 3)))
     group = pool.groups[2]
     assert group.pair_sources.dtype == torch.uint8 and group.pair_sources.shape == (len(group), 2, 3, SIZE, SIZE)
+    assert group.image_tokens.shape[1:3] == (2, 0)  # the baseline reads no visual tokens, so none are computed
     first = 1  # group j (here k = j + 1) starts at seed j
     assert torch.equal(group.pair_sources[0], (world.context_sources(first, k=2) * 255).round().to(torch.uint8))
     assert torch.equal(group.pair_targets[0], (world.episode(first, k=2).context * 255).round().to(torch.uint8))
