@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 COMBINE_MODES = ("sum", "mean", "concat")
-TOKENIZERS = ("frozen", "latents")
+TOKENIZERS = ("frozen", "latents", "frozen+latents")
 
 UNET_PROFILES: dict[str, dict] = {
     "tiny": dict(base_channels=16, channel_mult=(1, 2), layers_per_level=1, attention_levels=(False, True),
@@ -134,8 +134,9 @@ class ContextConfig:
     visual_dim:  D_v, the width of the frozen image encoder's tokens
     context_dim: D_c, the width of the text tokens h^c; h^V is projected to it (must equal UNetConfig.context_dim)
     combine:     how the k token sequences are merged: "sum" (paper), "mean", or "concat" (IP-Adapter style)
-    tokenizer:   what each context image's tokens are: "frozen" (the frozen image encoder's, paper) or "latents"
+    tokenizer:   what each context image's tokens are: "frozen" (the frozen image encoder's, paper), "latents"
                  (a trainable tokenizer over the image's latent, one token per latent position; context_tokenizer.py)
+                 or "frozen+latents" (both sequences, one after the other)
     latent_side: h = w of a latent (the autoencoder's), the grid of the "latents" tokenizer
     patch_classes: > 0 gives the "latents" tokenizer a linear head naming each token's patch class out of that many
                  (``train --patch-class-weight``: an auxiliary loss during training, unused when sampling); 0: none
@@ -159,12 +160,17 @@ class ContextConfig:
             raise ValueError(f"ContextConfig.tokenizer={self.tokenizer!r} is not one of {TOKENIZERS}.")
         if self.patch_classes < 0 or (self.patch_classes and not self.learns_tokens):
             raise ValueError(f"ContextConfig.patch_classes={self.patch_classes}: a class head needs a trainable "
-                             "tokenizer (tokenizer='latents') and a count >= 1, or 0 for none.")
+                             "tokenizer (tokenizer='latents' or 'frozen+latents') and a count >= 1, or 0 for none.")
 
     @property
     def learns_tokens(self) -> bool:
         """True when the denoiser tokenizes the context itself (it then needs ``Conditions.context_latents``)."""
         return self.tokenizer != "frozen"
+
+    @property
+    def reads_frozen_tokens(self) -> bool:
+        """True when h^V includes the frozen image encoder's tokens (``Conditions.image_tokens``)."""
+        return self.tokenizer != "latents"
 
 
 @dataclass

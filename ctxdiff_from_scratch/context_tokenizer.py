@@ -12,8 +12,9 @@ from the frozen autoencoder, whose every position already describes one 8x8-pixe
 two 3x3 convolutions, so each token sees 5x5 latent positions (40 pixels around its patch, a whole shape), and P,
 a learned embedding of the position, so tokens keep where they came from. A tokenizer over the pixels themselves
 (three stride-2 convolutions) learned more slowly at 1.5x the cost in the same screen (section 21). The tokens have
-the frozen encoder's width D_v and enter Eq. 3 in their place (``ContextConfig.tokenizer = "latents"``): combined
-over the k images, projected, and read by the UNet's cross-attention.
+the frozen encoder's width D_v and enter Eq. 3 in their place (``ContextConfig.tokenizer = "latents"``) or after
+them (``"frozen+latents"``: the frozen encoder's tokens, trained to tell styles apart, then the trained ones):
+combined over the k images, projected, and read by the UNet's cross-attention.
 
 Learned from Eq. 2 alone such tokens come slowly; telling the tokenizer which shape class each patch shows brought
 them about 1500 steps sooner in the screen of section 21. With ``patch_classes`` > 0 a linear head reads a class

@@ -55,7 +55,7 @@ class EpisodeGroup:
     latents:      (n, C, h, w) fp32   z_0 = E(target), scaled
     queries:      (n, 3, H, W) uint8  the query images, value * 255
     image_tokens: (n, k, N_v, D_v) fp16 one token sequence per context image; (n, k, 0, D_v) for a model that
-                  tokenizes its context itself (``learns_tokens``) or reads example pairs (``reads_pairs``): the
+                  reads only its own tokens (``tokenizer="latents"``) or example pairs (``reads_pairs``): the
                   frozen encoder's tokens would go unread
     text_tokens:  (n, L, D_c) fp16 or None (no prompts in this world); text_mask (n, L) bool (False on "" prompts)
     context_latents: (n, k, C, h, w) fp16 the context images' latents, or None (a model that reads only the
@@ -197,6 +197,7 @@ def pool_key(model: ContextDiffusionModel, world, pool_size: int, k_choices: tup
             digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"world": repr(world), "pool_size": pool_size, "k_choices": list(k_choices),
             "image_size": model.config.image_size, "context_latents": model.config.context.learns_tokens,
+            "frozen_tokens": model.config.context.reads_frozen_tokens and not model.reads_pairs,
             "pairs": model.reads_pairs, "patch_classes": model.config.context.patch_classes,
             "parts_sha1": digest.hexdigest()}
 
@@ -240,7 +241,7 @@ def _encode_chunk(model: ContextDiffusionModel, world, seeds: list[int], k: int,
     batch = collate_episodes(list(episodes)).to(device)
     latents = model.encode_images(batch.target).float().cpu()
     queries = _to_bytes(batch.query)
-    if model.config.context.learns_tokens or model.reads_pairs:  # tokens from the latents below, or none (pairs)
+    if not model.config.context.reads_frozen_tokens or model.reads_pairs:  # tokens from the latents, or no tokens
         image_tokens = torch.zeros(len(seeds), k, 0, model.config.context.visual_dim, dtype=torch.float16)
     else:
         image_tokens = model.encode_context(batch.context, batch.context_mask).half().cpu()  # (n, k, N_v, D_v)

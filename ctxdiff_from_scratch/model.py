@@ -214,8 +214,8 @@ class Denoiser(nn.Module):
                                   if context.learns_tokens else None)
 
     def visual_tokens(self, cond: Conditions) -> torch.Tensor | None:
-        """Per-image context tokens (B, k, N, D_v) for Eq. 3: the frozen encoder's, or the trained tokenizer's over
-        the context latents (``ContextConfig.tokenizer``); None without context."""
+        """Per-image context tokens (B, k, N, D_v) for Eq. 3: the frozen encoder's, the trained tokenizer's over the
+        context latents, or both (``ContextConfig.tokenizer``); None without context."""
         if self.context_tokenizer is None or cond.image_tokens is None:
             return cond.image_tokens
         if cond.context_latents is None:
@@ -224,7 +224,10 @@ class Denoiser(nn.Module):
                              "them with model.encode_conditions(query, context, ...).")
         mask = cond.context_mask if cond.context_mask is not None else \
             torch.ones(cond.context_latents.shape[:2], dtype=torch.bool, device=cond.context_latents.device)
-        return self.context_tokenizer(cond.context_latents, mask)  # (B, k, h*w, D_v)
+        learned = self.context_tokenizer(cond.context_latents, mask)  # (B, k, h*w, D_v)
+        if self.config.context.reads_frozen_tokens:  # "frozen+latents": (B, k, N_v + h*w, D_v)
+            return torch.cat([cond.image_tokens, learned], dim=2)
+        return learned
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions, drop_prompt: torch.Tensor | None = None,
                 drop_context: torch.Tensor | None = None, conditioning_scale: float | None = None) -> torch.Tensor:

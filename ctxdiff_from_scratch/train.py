@@ -193,10 +193,11 @@ class TrainConfig:
             raise ValueError(f"unknown context tokenizer {self.tokenizer!r}; choose one of {TOKENIZERS}.")
         if self.patch_class_weight < 0:
             raise ValueError(f"patch_class_weight must be >= 0 (0: off), got {self.patch_class_weight}.")
-        if self.patch_class_weight and (self.tokenizer != "latents" or self.stage != 1 or self.world != "shapes"):
+        if self.patch_class_weight and (self.tokenizer not in ("latents", "frozen+latents") or self.stage != 1
+                                        or self.world != "shapes"):
             raise ValueError("--patch-class-weight teaches the trainable tokenizer which shape each context patch "
-                             "shows: it needs --tokenizer latents, stage 1 or --joint, and --world shapes (whose "
-                             "layouts label every pixel).")
+                             "shows: it needs --tokenizer latents (or frozen+latents), stage 1 or --joint, and "
+                             "--world shapes (whose layouts label every pixel).")
         if self.unet_profile not in UNET_PROFILES:
             raise ValueError(f"unknown UNet profile {self.unet_profile!r}; choose one of {sorted(UNET_PROFILES)}.")
         for name in ("steps", "batch_size", "grad_accum", "pool_size", "log_every", "checkpoint_every"):
@@ -939,9 +940,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge the k context token sequences by sum (paper), mean or concat (stage 1 / joint; stage 2 keeps "
              "its --init model's)")
     add("--tokenizer", choices=TOKENIZERS, default=None,
-        help="each context image's tokens: frozen (the frozen image encoder's, paper; default) or latents (a "
-             "trainable tokenizer over the image's latent, one token per latent position) (stage 1 / joint; stage "
-             "2 keeps its --init model's)")
+        help="each context image's tokens: frozen (the frozen image encoder's, paper; default), latents (a "
+             "trainable tokenizer over the image's latent, one token per latent position) or frozen+latents (both "
+             "sequences) (stage 1 / joint; stage 2 keeps its --init model's)")
     add("--baseline", choices=("prompt-diffusion",), default=None,
         help="train the Prompt-Diffusion-style baseline (example pairs in the query adapter, text-only "
              "cross-attention; baselines/prompt_diffusion.py) instead of Context Diffusion; needs --joint")

@@ -188,3 +188,30 @@ def test_training_with_the_patch_class_loss_logs_it_and_trains_the_head(parts, w
     with pytest.raises(ValueError, match="patch_class_weight: checkpoint 0.0 vs now 2.0"):
         main(["--profile", "tiny", "--out", str(out), "--resume", "--joint", "--tokenizer", "latents",
               "--patch-class-weight", "2"])
+
+
+def test_frozen_plus_latents_reads_both_token_sequences_and_its_pool_keeps_both(parts, world, batch):
+    model = make_model(parts, "frozen+latents")
+    frozen, latent = make_model(parts, "frozen"), make_model(parts, "latents")
+    cond = model.encode_conditions(batch.query, batch.context, batch.context_mask, batch.prompts)
+    tokens = model.denoiser.visual_tokens(cond)  # (B, k, N_v + h*w, D_v)
+    n_frozen = cond.image_tokens.shape[2]
+    assert tokens.shape[2] == n_frozen + model.latent_shape[1] * model.latent_shape[2]
+    assert torch.equal(tokens[:, :, :n_frozen], cond.image_tokens)
+    assert torch.equal(tokens[:, :, n_frozen:], model.denoiser.context_tokenizer(cond.context_latents,
+                                                                                   cond.context_mask))
+    # the prediction moves with either sequence
+    x, t = torch.randn(3, *model.latent_shape, generator=torch.Generator().manual_seed(0)), torch.tensor([9, 99, 999])
+    for name in ("image_tokens", "context_latents"):
+        moved = model.encode_conditions(batch.query, batch.context, batch.context_mask, batch.prompts)
+        setattr(moved, name, getattr(cond, name).flip(0))
+        assert not torch.allclose(model.predict(x, t, cond), model.predict(x, t, moved))
+    group = encode_episodes(model, world, [4, 5], k=2)
+    assert group.image_tokens.shape[2] == n_frozen and group.context_latents is not None
+    _, pooled = group.batch(torch.arange(2), "cpu")
+    episodes = collate_episodes([world.episode(seed, k=2) for seed in (4, 5)])
+    direct = model.encode_conditions(episodes.query, episodes.context, episodes.context_mask, episodes.prompts)
+    assert torch.allclose(model.predict(x[:2], t[:2], pooled), model.predict(x[:2], t[:2], direct), atol=1e-3)
+    from ctxdiff_from_scratch.episode_cache import pool_key
+    keys = [pool_key(m, world, 12, (1, 2)) for m in (model, frozen, latent)]
+    assert len({json.dumps(key, sort_keys=True) for key in keys}) == 3  # three different pools
