@@ -80,7 +80,7 @@ from .config import COMBINE_MODES, TOKENIZERS, AdapterConfig, ContextConfig, UNE
 from .data import WORLDS, make_world
 from .data.shapes import NUM_PATCH_CLASSES
 from .device import get_device, seed_everything
-from .episode_cache import EpisodePool, PoolRefresher, encode_episodes, load_or_build_pool
+from .episode_cache import EpisodeGroup, EpisodePool, PoolRefresher, encode_episodes, load_or_build_pool
 from .model import ContextDiffusionModel, Denoiser, FrozenParts, ModelConfig
 from .runlog import CSVLogger, plot_loss_curve, read_log
 from .schedule import NoiseSchedule, ScheduleConfig
@@ -531,6 +531,47 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 # ---------------------------------------------------------------------------------------------------------------------
 # The trainer.
 # ---------------------------------------------------------------------------------------------------------------------
+@dataclass
+class MemorisationProbe:
+    """Fixed inputs for comparing Eq. 2's loss on trained-on ("seen") and never-seen ("unseen") episodes of one k.
+
+    Timesteps are spread evenly over the noisier half of the schedule, where z_t says little about z_0 and the model
+    has to take the colours from the context -- or from its memory of the pooled episodes; a second measurement at
+    the last timestep alone scores the model's conditional mean E[z_0 | query, context], where memorising showed
+    first in the in-context diagnostics. The trainer runs it during training (``probe_log.csv``);
+    ``benchmarks/pool_memorisation.py`` runs it on a finished model.
+    """
+
+    k: int
+    unseen: EpisodeGroup  # n episodes from PROBE_SEED_BASE on: beyond every pool, fresh episode and evaluation seed
+    t: torch.Tensor       # (n,) timesteps from T/2 to T - 1
+    noise: torch.Tensor   # (n, C, h, w)
+
+    @classmethod
+    def build(cls, model: ContextDiffusionModel, world, k: int, n: int, seed: int = 0) -> "MemorisationProbe":
+        T = model.schedule.num_train_timesteps
+        generator = torch.Generator().manual_seed(seed)
+        return cls(k, encode_episodes(model, world, list(range(PROBE_SEED_BASE, PROBE_SEED_BASE + n)), k),
+                   torch.linspace(T // 2, T - 1, n).long(), torch.randn(n, *model.latent_shape, generator=generator))
+
+    @torch.no_grad()
+    def losses(self, denoiser: nn.Module, schedule: NoiseSchedule, seen: EpisodeGroup,
+               device: torch.device | str) -> dict[str, float]:
+        """Eq. 2 loss with every condition given on ``seen``'s first n episodes and on the unseen ones, at t >= T/2
+        and at t = T - 1 ("_T"); a growing gap (unseen - seen) is memorising."""
+        index = torch.arange(len(self.t))
+        keep = torch.zeros(len(index), dtype=torch.bool, device=device)
+        last = torch.full_like(self.t, schedule.num_train_timesteps - 1)
+        losses = {}
+        for suffix, t in (("", self.t), ("_T", last)):
+            for name, group in (("seen", seen), ("unseen", self.unseen)):
+                z0, cond = group.batch(index, device)
+                losses[f"loss_{name}{suffix}"] = diffusion_loss(denoiser, schedule, z0, cond, t.to(device),
+                                                                self.noise.to(device), keep, keep).item()
+            losses[f"gap{suffix}"] = losses[f"loss_unseen{suffix}"] - losses[f"loss_seen{suffix}"]
+        return losses
+
+
 class Trainer:
     """Owns one run: model, pool, optimiser, EMA, logger and the Accelerate state; ``run()`` trains."""
 
@@ -598,42 +639,17 @@ class Trainer:
                 self.probe_logger = CSVLogger(self.out / PROBE_LOG_NAME, resume=resume_from is not None)
 
     # -- the memorisation probe ---------------------------------------------------------------------------------------
-    def _build_probe(self) -> dict:
-        """Fixed inputs of the probe: n pooled and n unseen episodes of the largest k (n = ``PROBE_EPISODES``, or the
-        group's size if smaller), timesteps and noise.
-
-        Timesteps are spread evenly over the noisier half of the schedule, where z_t says little about z_0 and the
-        model has to take the colours from the context -- or from its memory of the pooled episodes; a second
-        measurement at the last timestep alone scores the model's conditional mean E[z_0 | query, context], where
-        memorising showed first in the in-context diagnostics.
-        """
+    def _build_probe(self) -> "MemorisationProbe":
+        """The probe on the largest k: the pool's first n episodes of that k against n never trained on."""
         k = max(self.config.k_choices)
         n = min(PROBE_EPISODES, len(self.pool.groups[k]))
-        T = self.model.schedule.num_train_timesteps
-        generator = torch.Generator().manual_seed(self.config.seed)
-        return {"k": k, "unseen": encode_episodes(self.model, self.world, list(range(PROBE_SEED_BASE,
-                                                                                    PROBE_SEED_BASE + n)), k),
-                "index": torch.arange(n), "t": torch.linspace(T // 2, T - 1, n).long(),
-                "noise": torch.randn(n, *self.model.latent_shape, generator=generator)}
+        return MemorisationProbe.build(self.model, self.world, k, n, self.config.seed)
 
-    @torch.no_grad()
     def probe_losses(self) -> dict[str, float]:
-        """Eq. 2 loss with every condition given, on the pool's first episodes of the probe's k ("seen": trained on,
-        unless refreshed away) and on episodes never trained on ("unseen"), at t >= T/2 and at t = T - 1 ("_T");
-        a growing gap (unseen - seen) is memorising."""
-        probe, index = self.probe, self.probe["index"]
-        seen = self.pool.groups[probe["k"]]
-        keep = torch.zeros(len(index), dtype=torch.bool, device=self.device)
-        last = torch.full_like(probe["t"], self.schedule.num_train_timesteps - 1)
+        """``MemorisationProbe.losses`` on the pool's first episodes of the probe's k ("seen": trained on, unless
+        refreshed away)."""
         self.denoiser.eval()  # no dropout: the probe must not draw from the training's random streams
-        losses = {}
-        for suffix, t in (("", probe["t"]), ("_T", last)):
-            for name, group in (("seen", seen), ("unseen", probe["unseen"])):
-                z0, cond = group.batch(index, self.device)
-                losses[f"loss_{name}{suffix}"] = diffusion_loss(self.denoiser, self.schedule, z0, cond,
-                                                                t.to(self.device), probe["noise"].to(self.device),
-                                                                keep, keep).item()
-            losses[f"gap{suffix}"] = losses[f"loss_unseen{suffix}"] - losses[f"loss_seen{suffix}"]
+        losses = self.probe.losses(self.denoiser, self.schedule, self.pool.groups[self.probe.k], self.device)
         self.denoiser.train()
         return losses
 

@@ -1,5 +1,5 @@
 """The benchmarks' wiring: time-to-quality runs every phase and writes its summary (tiny profiles); the encoder and
-colour-binding probes, the binding regression and the conditional-mean probe run and report."""
+colour-binding probes, the binding regression, the conditional-mean and pool-memorisation probes run and report."""
 import json
 import subprocess
 import sys
@@ -120,3 +120,19 @@ def test_conditional_mean_probe_scores_both_settings_and_refuses_glyph_models(tm
     refused = subprocess.run([*script, "--checkpoint", "data/checkpoints/glyphs"], capture_output=True, text=True,
                              cwd=ROOT)
     assert refused.returncode != 0 and "ShapesWorld Context Diffusion models" in refused.stderr
+
+
+def test_pool_memorisation_probe_compares_pooled_and_unseen_episodes(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "pool_memorisation.py"), "--threads", "1", "--episodes", "3"]
+    out = tmp_path / "memorisation.json"
+    result = subprocess.run([*script, "--checkpoint", "data/checkpoints/shapes", "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())["data/checkpoints/shapes"]
+    assert report["pool_size"] == 6000 and report["k"] == 3 and report["episodes"] == 3  # from stage2_summary.json
+    for suffix in ("", "_T"):
+        seen, unseen = report[f"loss_seen{suffix}"], report[f"loss_unseen{suffix}"]
+        assert 0 < seen < 2 and 0 < unseen < 2 and report[f"gap{suffix}"] == pytest.approx(unseen - seen)
+    refused = subprocess.run([*script, "--checkpoint", "data/checkpoints/shapes", "--fonts", str(tmp_path)],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode != 0 and "training font set of a GlyphWorld model" in refused.stderr
