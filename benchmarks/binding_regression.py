@@ -46,7 +46,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctxdiff_from_scratch.adapter import QueryAdapter
-from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, NUM_PATCH_CLASSES, ShapesWorld, patch_class_shares
+from ctxdiff_from_scratch.data.shapes import (FORWARD_TASKS, NUM_PATCH_CLASSES, ShapesWorld, patch_class_cross_entropy,
+                                              patch_class_shares)
 from ctxdiff_from_scratch.data.shapes_layout import SHAPE_CLASSES, rasterize
 from ctxdiff_from_scratch.evaluate import shape_pixel_errors
 from ctxdiff_from_scratch.model import Conditions, ContextDiffusionModel, FrozenParts, ModelConfig
@@ -120,8 +121,7 @@ class ContextTokenizer(nn.Module):
 
     def class_loss(self, shares: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the head's class distribution per token against the patch's class shares (B, k, g*g, 7)."""
-        log_probs = F.log_softmax(self.class_head(self.last_tokens), dim=-1)  # (B, k, g*g, D) -> (B, k, g*g, 7)
-        return -(shares * log_probs).sum(-1).mean()
+        return patch_class_cross_entropy(self.class_head(self.last_tokens), shares)  # (B, k, g*g, D) -> (.., 7)
 
 
 @torch.no_grad()

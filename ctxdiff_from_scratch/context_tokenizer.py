@@ -26,10 +26,10 @@ distribution off every token, and ``patch_class_loss`` is the cross-entropy agai
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .context import encode_context_images
+from .data.shapes import patch_class_cross_entropy
 
 
 class LatentTokenizer(nn.Module):
@@ -68,5 +68,4 @@ class LatentTokenizer(nn.Module):
                              f"{self.class_head.out_features}) for context latents {tuple(context_latents.shape)}, "
                              f"got {tuple(shares.shape)}.")
         tokens = self.tokenize(context_latents[context_mask])  # (B, k, C, h, w)[mask] -> (n, h*w, D_v)
-        log_probs = F.log_softmax(self.class_head(tokens).float(), dim=-1)  # (n, h*w, D_v) -> (n, h*w, classes)
-        return -(shares[context_mask] * log_probs).sum(-1).mean()
+        return patch_class_cross_entropy(self.class_head(tokens), shares[context_mask])

@@ -56,7 +56,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import WORLDS
-from .data.shapes import NUM_PATCH_CLASSES, patch_class_shares
+from .data.shapes import NUM_PATCH_CLASSES, patch_class_cross_entropy, patch_class_shares
 from .device import get_device, seed_everything
 from .encoders import (ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig, clip_loss, config_summary,
                        retrieval_top1)
@@ -187,8 +187,7 @@ class ContrastivePair(nn.Module):
     def patch_class_loss(self, patch_tokens: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the head's class distribution per token (N, g*g, D) against the patch's true class
         shares (N, g*g, C): -sum_c share_c log p_c, averaged over the patches (its minimum is the shares' entropy)."""
-        log_probs = F.log_softmax(self.patch_head(patch_tokens), dim=-1)  # (N, g*g, D) -> (N, g*g, C)
-        return -(shares * log_probs).sum(-1).mean()
+        return patch_class_cross_entropy(self.patch_head(patch_tokens), shares)  # (N, g*g, D) -> (N, g*g, C)
 
     def glyph_set_loss(self, sets_a: torch.Tensor, sets_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """InfoNCE between two glyph sets (B, m, 3, H, W) per font (one font per row); returns (loss, top-1)."""

@@ -316,3 +316,9 @@ def patch_class_shares(classes: torch.Tensor, grid: int) -> torch.Tensor:
     # (N, H, W) -> (N, H, W, C) -> (N, C, H, W)
     shares = F.avg_pool2d(one_hot, size // grid)  # (N, C, H, W) -> (N, C, g, g)
     return shares.flatten(2).transpose(1, 2)  # (N, C, g, g) -> (N, C, g*g) -> (N, g*g, C)
+
+
+def patch_class_cross_entropy(logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """How well per-patch class logits (..., C) name the patches' class shares (..., C): -sum_c s_c log p_c,
+    averaged over the patches (its minimum is the shares' entropy)."""
+    return -(shares * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
