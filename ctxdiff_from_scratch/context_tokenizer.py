@@ -52,20 +52,23 @@ class LatentTokenizer(nn.Module):
         return features.flatten(2).transpose(1, 2) + self.position  # -> (n, D_v, h*w) -> (n, h*w, D_v)
 
     def forward(self, context_latents: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor | None:
-        """context_latents (B, k, C, h, w), context_mask (B, k) bool -> (B, k, h*w, D_v); None without context."""
-        return encode_context_images(self.tokenize, context_latents, context_mask)
+        """context_latents (B, k, C, h, w), context_mask (B, k) bool -> (B, k, h*w, D_v); None without context.
+        With a class head the tokens are kept as ``last_tokens``, for ``patch_class_loss`` on the same forward."""
+        tokens = encode_context_images(self.tokenize, context_latents, context_mask)
+        if self.class_head is not None:
+            self.last_tokens = tokens
+        return tokens
 
-    def patch_class_loss(self, context_latents: torch.Tensor, context_mask: torch.Tensor,
-                         shares: torch.Tensor) -> torch.Tensor:
-        """L_cls: context_latents (B, k, C, h, w), context_mask (B, k) bool, shares (B, k, h*w, patch_classes) with
+    def patch_class_loss(self, context_mask: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """L_cls on the tokens of the last forward: context_mask (B, k) bool, shares (B, k, h*w, patch_classes) with
         rows summing to 1 -> the soft cross-entropy, a scalar averaged over the tokens of the real context images."""
         if self.class_head is None:
             raise ValueError("this tokenizer has no class head: build it with patch_classes > 0 "
                              "(ContextConfig.patch_classes, train --patch-class-weight).")
-        if shares.shape[:3] != (*context_latents.shape[:2], self.grid * self.grid) or \
-                shares.shape[-1] != self.class_head.out_features:
+        tokens = getattr(self, "last_tokens", None)
+        if tokens is None or shares.shape != (*tokens.shape[:3], self.class_head.out_features):
             raise ValueError(f"patch class shares must be (B, k, {self.grid * self.grid}, "
-                             f"{self.class_head.out_features}) for context latents {tuple(context_latents.shape)}, "
-                             f"got {tuple(shares.shape)}.")
-        tokens = self.tokenize(context_latents[context_mask])  # (B, k, C, h, w)[mask] -> (n, h*w, D_v)
-        return patch_class_cross_entropy(self.class_head(tokens), shares[context_mask])
+                             f"{self.class_head.out_features}) for the last forward's tokens "
+                             f"{None if tokens is None else tuple(tokens.shape)}, got {tuple(shares.shape)}.")
+        return patch_class_cross_entropy(self.class_head(tokens[context_mask]), shares[context_mask])
+        # (B, k, h*w, D_v)[mask] -> (n, h*w, D_v) -> (n, h*w, classes)

@@ -678,9 +678,9 @@ class Trainer:
                                           part.noise.to(self.device), part.drop_prompt.to(self.device),
                                           part.drop_context.to(self.device), self.config.min_snr_gamma)
                     class_loss = torch.zeros((), device=self.device)
-                    if weight:  # L = Eq. 2 + w * L_cls (context_tokenizer.py)
+                    if weight:  # L = Eq. 2 + w * L_cls (context_tokenizer.py), on the tokens of this forward
                         class_loss = self.denoiser.context_tokenizer.patch_class_loss(
-                            cond.context_latents, cond.context_mask, group.patch_class_shares(part.index, self.device))
+                            cond.context_mask, group.patch_class_shares(part.index, self.device))
                 self.accelerator.backward((loss + weight * class_loss) / self.config.grad_accum)
             loss_sum += loss.detach()
             class_sum += class_loss.detach()

@@ -114,24 +114,28 @@ def test_patch_class_loss_is_the_soft_cross_entropy_over_real_context_images():
     latents = torch.randn(2, 2, 4, 4, 4)
     mask = torch.tensor([[True, False], [True, True]])
     shares = torch.softmax(torch.randn(2, 2, 16, 3), dim=-1)
-    loss = tokenizer.patch_class_loss(latents, mask, shares)
+    tokenizer(latents, mask)
+    loss = tokenizer.patch_class_loss(mask, shares)
     log_probs = torch.log_softmax(tokenizer.class_head(tokenizer.tokenize(latents.flatten(0, 1))), -1)
     by_hand = -(shares.flatten(0, 1) * log_probs).sum(-1).mean(-1)  # (4, 16, 3) -> (4,): per context image
     assert torch.allclose(loss, by_hand[[0, 2, 3]].mean())  # slot (0, 1) is padding: not counted
     padded = latents.clone()
     padded[0, 1] = 100.0
-    assert torch.equal(tokenizer.patch_class_loss(padded, mask, shares), loss)
+    tokenizer(padded, mask)
+    assert torch.equal(tokenizer.patch_class_loss(mask, shares), loss)
     # the loss teaches the head (and tokens) to name the patch: it falls when trained on fixed shares
     optimizer = torch.optim.Adam(tokenizer.parameters(), lr=1e-2)
     for _ in range(50):
         optimizer.zero_grad()
-        tokenizer.patch_class_loss(latents, mask, shares).backward()
+        tokenizer(latents, mask)
+        tokenizer.patch_class_loss(mask, shares).backward()
         optimizer.step()
-    assert tokenizer.patch_class_loss(latents, mask, shares) < 0.9 * loss
+    tokenizer(latents, mask)
+    assert tokenizer.patch_class_loss(mask, shares) < 0.9 * loss
     with pytest.raises(ValueError, match=r"must be \(B, k, 16, 3\)"):
-        tokenizer.patch_class_loss(latents, mask, shares[..., :2])
+        tokenizer.patch_class_loss(mask, shares[..., :2])
     with pytest.raises(ValueError, match="no class head"):
-        LatentTokenizer(latent_channels=4, grid=4, dim=16).patch_class_loss(latents, mask, shares)
+        LatentTokenizer(latent_channels=4, grid=4, dim=16).patch_class_loss(mask, shares)
     with pytest.raises(ValueError, match="needs a trainable tokenizer"):
         ContextConfig(patch_classes=7)
 
