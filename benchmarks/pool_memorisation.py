@@ -26,7 +26,7 @@ from ctxdiff_from_scratch.episode_cache import encode_episodes
 from ctxdiff_from_scratch.model import ContextDiffusionModel
 from ctxdiff_from_scratch.train import PROBE_EPISODES, MemorisationProbe
 
-SUMMARIES = ("stage2_summary.json", "train_summary.json")  # a shipped folder's, a run folder's
+SUMMARIES = ("stage2_summary.json", "train_summary.json")  # a two-stage model's stage 2, a joint or single run's
 
 
 def training_pool(folder: Path) -> tuple[int, tuple[int, ...], int]:

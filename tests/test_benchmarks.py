@@ -129,7 +129,7 @@ def test_pool_memorisation_probe_compares_pooled_and_unseen_episodes(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())["data/checkpoints/shapes"]
-    assert report["pool_size"] == 6000 and report["k"] == 3 and report["episodes"] == 3  # from stage2_summary.json
+    assert report["pool_size"] == 6000 and report["k"] == 3 and report["episodes"] == 3  # from the run summary
     for suffix in ("", "_T"):
         seen, unseen = report[f"loss_seen{suffix}"], report[f"loss_unseen{suffix}"]
         assert 0 < seen < 2 and 0 < unseen < 2 and report[f"gap{suffix}"] == pytest.approx(unseen - seen)
