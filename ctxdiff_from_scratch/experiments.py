@@ -528,8 +528,9 @@ def write_k_shot_plot(cells: list[dict], level: float, task: str, out: Path) -> 
 
 
 def write_experiment(experiment: Experiment, out: str | Path) -> list[Path]:
-    """Write the CSVs, the grids, the k-shot plot and results.json (everything, per-episode values included, but
-    FD-ours' feature rows) into the folder ``out``; returns the paths written."""
+    """Write the CSVs, the grids, the k-shot plot, the paper's claims checked (claims.md) and results.json
+    (everything, per-episode values included, but FD-ours' feature rows) into the folder ``out``; returns the paths
+    written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     level = experiment.protocol.bootstrap_level
@@ -542,9 +543,14 @@ def write_experiment(experiment: Experiment, out: str | Path) -> list[Path]:
                "per_episode": [{**key._asdict(), "values": values.tolist()}
                                for key, values in experiment.scores.items() if key.metric != FD_OURS],
                "files": [p.name for p in paths]}
+    from .claims import check_claims, format_claims  # claims.py reads what this module writes
+
+    claims = out / "claims.md"
+    claims.write_text(format_claims(check_claims(results)) + "\n")
+    results["files"].append(claims.name)
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=1) + "\n")
-    return [*paths, path]
+    return [*paths, claims, path]
 
 
 # --- command ---------------------------------------------------------------------------------------------------------
@@ -599,7 +605,9 @@ def main(argv: list[str] | None = None) -> Experiment:
     for label, path in paths.items():
         experiment.checkpoints[label]["path"] = str(path)
     print(format_tables(experiment.cells, protocol.bootstrap_level))
-    for path in write_experiment(experiment, out):
+    written = write_experiment(experiment, out)
+    print("\nthe paper's claims at toy scale:\n" + (out / "claims.md").read_text())
+    for path in written:
         print(f"wrote {path}")
     print(f"protocol {protocol.name!r}: {experiment.wall_time_s:.0f} s")
     return experiment

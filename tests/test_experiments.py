@@ -250,7 +250,7 @@ def test_the_files_written_and_their_columns(experiment, tmp_path):
     names = sorted(p.name for p in written)
     assert names == sorted(["forward.csv", "reverse.csv", "out_of_domain.csv", "k_shot.csv", "paired.csv",
                             "grid_seg2img.png", "grid_img2edge.png", "grid_scribble2img.png", "k_shot.png",
-                            "results.json"])
+                            "claims.md", "results.json"])
     for path in tmp_path.glob("*.csv"):
         with path.open() as handle:
             rows = list(csv.DictReader(handle))
@@ -292,6 +292,7 @@ def test_eval_protocol_writes_the_folder(checkpoint, manifest, tmp_path, capsys)
     assert saved["checkpoints"]["again"]["path"] == str(checkpoint)
     printed = capsys.readouterr().out
     assert "forward: RMSE" in printed and f"wrote {out / 'results.json'}" in printed
+    assert "the paper's claims at toy scale" in printed and "more context helps: k = 3 beats k = 1" not in printed
 
 
 @pytest.mark.parametrize("arguments, message", [
