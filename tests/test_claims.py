@@ -1,5 +1,7 @@
 """claims.py: a verdict per claim from paired intervals, FD-ours by its two intervals, only the claims a results
 folder can test, and a clear error where there are no results."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from ctxdiff_from_scratch.claims import (AGREES, OPPOSITE, UNRESOLVED, check_cla
 from ctxdiff_from_scratch.experiments import FD_OURS, IOU, NEAREST_FONT, NO_SETTING, RETURN_QUERY, RMSE
 from ctxdiff_from_scratch.metrics import root_mean
 
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 PROTOCOL = {"bootstrap_level": 0.95, "bootstrap_resamples": 400, "bootstrap_seed": 0}
 
 
@@ -101,3 +104,12 @@ def test_glyph_claims_compare_with_both_baselines():
 def test_load_results_explains_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_results(tmp_path)
+
+
+@pytest.mark.parametrize("world", ["shapes", "glyphs"])
+def test_the_committed_claims_are_those_of_the_committed_results(world):
+    """results/<world>/claims.md (what the README and notebook 09 quote) is what claims.py reads from results.json."""
+    folder = RESULTS / world
+    results = load_results(folder)
+    assert results["protocol"]["name"] == "full"
+    assert (folder / "claims.md").read_text() == format_claims(check_claims(results)) + "\n"

@@ -75,6 +75,14 @@ def test_the_published_manifest_holds_the_quick_and_the_full_protocol():
     assert list(quick.seeds) == list(range(quick.episodes))
 
 
+def test_the_combination_ablation_protocol_is_the_full_one_on_the_forward_tasks_alone():
+    full, combine = load_protocol("full"), load_protocol("combine")
+    assert combine.tasks == {"forward": full.tasks["forward"]} and combine.settings == ("C",)
+    assert combine.k_shot == (1, 3) and list(combine.seeds) == list(full.seeds)
+    assert (combine.steps, combine.sampler, combine.bootstrap_resamples) == (full.steps, full.sampler,
+                                                                            full.bootstrap_resamples)
+
+
 def test_bad_protocols_are_explained(tmp_path):
     with pytest.raises(ValueError, match="unknown protocol 'fast'.*'full', 'quick'"):
         load_protocol("fast")
