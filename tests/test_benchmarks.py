@@ -136,3 +136,22 @@ def test_pool_memorisation_probe_compares_pooled_and_unseen_episodes(tmp_path):
     refused = subprocess.run([*script, "--checkpoint", "data/checkpoints/shapes", "--fonts", str(tmp_path)],
                              capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode != 0 and "training font set of a GlyphWorld model" in refused.stderr
+
+
+def test_query_polarity_probe_scores_both_polarities_and_refuses_glyph_models(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "query_polarity.py"), "--threads", "1", "--episodes", "2",
+              "--steps", "2"]
+    out = tmp_path / "polarity.json"
+    result = subprocess.run([*script, "--checkpoint", "data/checkpoints/shapes", "--tasks", "sketch2img", "canny2img",
+                             "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["split"] == "train" and report["first_seed"] == 1_000_000 and report["episodes"] == 2
+    scores = report["results"]["data/checkpoints/shapes"]
+    for scored in scores.values():
+        assert 0 < scored["as_is"] < 1 and 0 < scored["inverted"] < 1 and scored["as_is"] != scored["inverted"]
+    # a sketch is dark ink on white, a canny query light edges on black
+    assert scores["sketch2img"]["query_brightness"] > 0.5 > scores["canny2img"]["query_brightness"]
+    refused = subprocess.run([*script, "--checkpoint", "data/checkpoints/glyphs"], capture_output=True, text=True,
+                             cwd=ROOT)
+    assert refused.returncode != 0 and "reads ShapesWorld models" in refused.stderr
