@@ -51,12 +51,12 @@ from ctxdiff_from_scratch.data.shapes import (FORWARD_TASKS, NUM_PATCH_CLASSES, 
 from ctxdiff_from_scratch.data.shapes_layout import SHAPE_CLASSES, rasterize
 from ctxdiff_from_scratch.evaluate import shape_pixel_errors
 from ctxdiff_from_scratch.model import Conditions, ContextDiffusionModel, FrozenParts, ModelConfig
+from ctxdiff_from_scratch.tune_guidance import UNSEEN_FIRST_SEED  # unseen train episodes
 
 TOKENS = ("frozen", "latent", "pixels", "oracle")
 K = 3  # context images per episode
 PATCH = 8  # pixels per token side: a 64-pixel image gives the image encoder's 8x8 grid
 TRAIN_SEED_BASE = 10_000_000  # fresh training episodes: seeds far from every split's evaluation seeds
-EVAL_SEED_BASE = 1_000_000  # unseen train episodes, as ``eval --split train --first-seed 1000000``
 EVAL_EPISODES = 48
 ORACLE_FEATURES = NUM_PATCH_CLASSES + 3 + 3  # class shares incl. background, shape RGB, background RGB
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 
     world = ShapesWorld(split="train")
-    eval_seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + EVAL_EPISODES))
+    eval_seeds = list(range(UNSEEN_FIRST_SEED, UNSEEN_FIRST_SEED + EVAL_EPISODES))
     eval_batch = build_batch(world, model, parts, eval_seeds, ["seg2img"] * EVAL_EPISODES, args.tokens)
     bounds = hand_made_bounds(eval_batch)
     last_t = torch.full((1,), config.schedule.num_train_timesteps - 1)

@@ -24,8 +24,7 @@ from ctxdiff_from_scratch import ContextDiffusionPipeline
 from ctxdiff_from_scratch.data import collate_episodes
 from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, ShapesWorld
 from ctxdiff_from_scratch.evaluate import shape_masks, shape_pixel_errors
-
-UNSEEN_TRAIN_SEED = 1_000_000  # the unseen train episodes that `eval --split train --first-seed` and the screens use
+from ctxdiff_from_scratch.tune_guidance import UNSEEN_FIRST_SEED  # unseen train episodes
 
 
 @torch.no_grad()
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a ShapesWorld Context Diffusion model folder; repeat to compare")
     parser.add_argument("--tasks", nargs="+", choices=FORWARD_TASKS, default=["seg2img"])
     parser.add_argument("--episodes", type=int, default=48)
-    parser.add_argument("--first-seed", type=int, default=UNSEEN_TRAIN_SEED)
+    parser.add_argument("--first-seed", type=int, default=UNSEEN_FIRST_SEED)
     parser.add_argument("--split", choices=("train", "test"), default="train",
                         help="train (default): unseen train episodes, for choosing designs; test: report once")
     parser.add_argument("--k", type=int, default=3)

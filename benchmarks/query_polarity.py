@@ -26,8 +26,8 @@ from ctxdiff_from_scratch.data import collate_episodes
 from ctxdiff_from_scratch.data.shapes import TASKS, ShapesWorld
 from ctxdiff_from_scratch.evaluate import (EvalConfig, episode_sources, generate_episodes, mean_colour_baseline, rmse,
                                            with_checkpoint_guidance)
+from ctxdiff_from_scratch.tune_guidance import UNSEEN_FIRST_SEED  # unseen train episodes
 
-UNSEEN_TRAIN_SEED = 1_000_000  # the unseen train episodes that `eval --split train --first-seed` and the screens use
 OUT_OF_DOMAIN = ("sketch2img", "scribble2img", "canny2img")
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a ShapesWorld model folder (Context Diffusion or the PD-style baseline); repeatable")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(OUT_OF_DOMAIN))
     parser.add_argument("--episodes", type=int, default=64)
-    parser.add_argument("--first-seed", type=int, default=UNSEEN_TRAIN_SEED)
+    parser.add_argument("--first-seed", type=int, default=UNSEEN_FIRST_SEED)
     parser.add_argument("--split", choices=("train", "test"), default="train",
                         help="train (default): unseen train episodes, for choosing designs; test: report once")
     parser.add_argument("--k", type=int, default=3)

@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> Experiment:
                                                  "one or more labelled checkpoints of one world and write one CSV "
                                                  "per table, results.json and PNGs (every number with its "
                                                  "bootstrap 95% interval) into --out.")
-    parser.add_argument("--protocol", required=True, help="a protocol of the manifest: quick, full or combine")
+    parser.add_argument("--protocol", required=True, help="a protocol of --protocol-file, e.g. quick, full or combine")
     parser.add_argument("--protocol-file", default=str(PROTOCOL_FILE),
                         help="the manifest of protocols (default: data/eval_protocol.json)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",

@@ -106,10 +106,10 @@ def test_load_results_explains_a_missing_folder(tmp_path):
         load_results(tmp_path)
 
 
-@pytest.mark.parametrize("folder, protocol", [("shapes", "full"), ("glyphs", "full"), ("combine", "combine")])
-def test_the_committed_claims_are_those_of_the_committed_results(folder, protocol):
-    """results/<folder>/claims.md (what the README and notebook 09 quote) is what claims.py reads from results.json."""
-    folder = RESULTS / folder
+@pytest.mark.parametrize("name, protocol", [("shapes", "full"), ("glyphs", "full"), ("combine", "combine")])
+def test_the_committed_claims_are_those_of_the_committed_results(name, protocol):
+    """results/<name>/claims.md (what the README and notebook 09 quote) is what claims.py reads from results.json."""
+    folder = RESULTS / name
     results = load_results(folder)
     assert results["protocol"]["name"] == protocol
     assert (folder / "claims.md").read_text() == format_claims(check_claims(results)) + "\n"
