@@ -40,7 +40,7 @@ so the prompt is dropped 50% of the time (the paper's rate), the visual context 
 defaults the two drops are independent: 0.5 * 0.1 = 0.05). The query is never dropped.
 
 Data and reproducibility. The frozen encoders run once, up front, on a fixed pool of episodes (episode_cache.py).
-Step s's whole global batch -- its k, the pooled episodes, timesteps, noise and drop cases -- is drawn from a generator
+Step s's whole global batch -- its k, the pooled episodes, timesteps, noise, drop cases and query inversions -- is drawn from a generator
 seeded with (seed, s) only. So the data position is the step counter, a resumed run sees exactly the batches it would
 have seen, and a run on N processes (or with gradient accumulation) trains on the same global batches as one process:
 each process takes its slice. Checkpoints (safetensors + JSON, never pickle) hold the weights, the EMA weights, the
@@ -81,7 +81,7 @@ from .data import WORLDS, make_world
 from .data.shapes import NUM_PATCH_CLASSES
 from .device import get_device, seed_everything
 from .episode_cache import EpisodeGroup, EpisodePool, PoolRefresher, encode_episodes, load_or_build_pool
-from .model import ContextDiffusionModel, Denoiser, FrozenParts, ModelConfig
+from .model import Conditions, ContextDiffusionModel, Denoiser, FrozenParts, ModelConfig
 from .runlog import CSVLogger, plot_loss_curve, read_log
 from .schedule import NoiseSchedule, ScheduleConfig
 
@@ -144,6 +144,8 @@ class TrainConfig:
     p_drop_prompt: float = 0.5
     p_drop_context: float = 0.1
     p_drop_both: float = 0.05
+    # > 0: each example's query is inverted (1 - query) with this probability (``invert_queries``); 0: off
+    query_invert_prob: float = 0.0
     pool_size: int = 6000
     pool_cache: str | None = None  # a .safetensors file to keep the encoded pool between runs
     fresh_per_step: int = 0        # > 0: never-seen episodes written into every k group per step (PoolRefresher)
@@ -198,6 +200,11 @@ class TrainConfig:
             raise ValueError("--patch-class-weight teaches the trainable tokenizer which shape each context patch "
                              "shows: it needs --tokenizer latents (or frozen+latents), stage 1 or --joint, and "
                              "--world shapes (whose layouts label every pixel).")
+        if not 0 <= self.query_invert_prob <= 1:
+            raise ValueError(f"query_invert_prob must be a probability in [0, 1] (0: off), got {self.query_invert_prob}.")
+        if self.query_invert_prob and self.baseline:
+            raise ValueError("--query-invert-prob inverts the query alone; the Prompt-Diffusion-style baseline also "
+                             "reads its examples' source maps, which would keep their polarity: drop one of the two.")
         if self.unet_profile not in UNET_PROFILES:
             raise ValueError(f"unknown UNet profile {self.unet_profile!r}; choose one of {sorted(UNET_PROFILES)}.")
         for name in ("steps", "batch_size", "grad_accum", "pool_size", "log_every", "checkpoint_every"):
@@ -292,10 +299,11 @@ class GlobalBatch:
     noise: torch.Tensor        # (B, C, h, w) eps ~ N(0, I)
     drop_prompt: torch.Tensor  # (B,) bool
     drop_context: torch.Tensor  # (B,) bool
+    invert_query: torch.Tensor  # (B,) bool: train on 1 - query (``invert_queries``)
 
     def slice(self, part: slice) -> "GlobalBatch":
         return GlobalBatch(self.k, self.index[part], self.t[part], self.noise[part], self.drop_prompt[part],
-                           self.drop_context[part])
+                           self.drop_context[part], self.invert_query[part])
 
 
 def draw_batch(pool: EpisodePool, config: TrainConfig, step: int, latent_shape: tuple[int, ...],
@@ -311,8 +319,27 @@ def draw_batch(pool: EpisodePool, config: TrainConfig, step: int, latent_shape: 
         t = shifted_timesteps(torch.rand(B, generator=g, dtype=torch.float64), config.timestep_shift, num_timesteps)
     noise = torch.randn(B, *latent_shape, generator=g)
     case = torch.multinomial(drop_case_probabilities(config), B, replacement=True, generator=g)  # (B,) in 0..3
+    invert = torch.zeros(B, dtype=torch.bool)
+    if config.query_invert_prob:  # drawn last, so runs without it keep the batches they always had
+        invert = torch.rand(B, generator=g) < config.query_invert_prob
     return GlobalBatch(k, index, t, noise, drop_prompt=(case == 1) | (case == 3),
-                       drop_context=(case == 2) | (case == 3))
+                       drop_context=(case == 2) | (case == 3), invert_query=invert)
+
+
+def invert_queries(cond: Conditions, invert: torch.Tensor) -> Conditions:
+    """Query polarity augmentation: the queries of the examples where ``invert`` (B,) is True become 1 - query.
+
+    Every ShapesWorld map is drawn light on a dark ground, while a hand-drawn sketch is dark ink on white paper; a model
+    that has only seen the first reads a sketch's white ground as the image's background (``benchmarks/
+    query_polarity.py``). Inverting a query keeps its layout, so the target stays the same for every ShapesWorld task
+    (edges, regions and depth order of an inverted map are the map's; the edges, segmentation and depth of an inverted
+    image are the image's), and the model learns to read structure in either polarity. It also makes dark-on-light
+    maps in-domain, which sketch2img's queries then partly are.
+    """
+    if not invert.any():
+        return cond
+    query = torch.where(invert.view(-1, 1, 1, 1), 1 - cond.query, cond.query)  # (B, 3, H, W)
+    return dataclasses.replace(cond, query=query)
 
 
 def shifted_timesteps(u: torch.Tensor, shift: float, num_timesteps: int) -> torch.Tensor:
@@ -670,6 +697,7 @@ class Trainer:
             start = m * share + self.rank * self.micro  # micro-step m, this process's slice of it
             part = batch.slice(slice(start, start + self.micro))
             z0, cond = group.batch(part.index, self.device)
+            cond = invert_queries(cond, part.invert_query.to(self.device))
             last = m == self.config.grad_accum - 1
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.ddp_denoiser)
             with sync:
@@ -966,6 +994,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --tokenizer latents on shapes: add this times an auxiliary loss that makes each context token "
              "name its patch's shape class (a linear head, cross-entropy against the layout's class shares) to Eq. 2; "
              "0 (default): off")
+    add("--query-invert-prob", type=float, default=None,
+        help="invert each training query (1 - query) with this probability, so dark-on-light maps such as sketches "
+             "are read like light-on-dark ones (invert_queries); 0 (default): off")
     add("--pool-size", type=int, default=None, help="pre-encoded training episodes")
     add("--pool-cache", default=None, help="safetensors file to keep the encoded pool between runs")
     add("--fresh-per-step", type=int, default=None,

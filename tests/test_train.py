@@ -18,12 +18,12 @@ from ctxdiff_from_scratch import train as train_module
 from ctxdiff_from_scratch.config import ContextConfig
 from ctxdiff_from_scratch.data import ShapesWorld
 from ctxdiff_from_scratch.episode_cache import EpisodeGroup, EpisodePool
-from ctxdiff_from_scratch.model import ContextDiffusionModel, FrozenParts, save_frozen_parts
+from ctxdiff_from_scratch.model import Conditions, ContextDiffusionModel, FrozenParts, save_frozen_parts
 from ctxdiff_from_scratch.runlog import read_log
 from ctxdiff_from_scratch.schedule import NoiseSchedule, ScheduleConfig
 from ctxdiff_from_scratch.train import (EMA, TrainConfig, build_model, diffusion_loss, draw_batch,
-                                        drop_case_probabilities, flatten_optimizer_state, lr_factor, main,
-                                        min_snr_weight, rng_state, set_rng_state, shifted_timesteps, train,
+                                        drop_case_probabilities, flatten_optimizer_state, invert_queries, lr_factor,
+                                        main, min_snr_weight, rng_state, set_rng_state, shifted_timesteps, train,
                                         unflatten_optimizer_state)
 from ctxdiff_from_scratch.unet import TransformerBlock
 
@@ -86,6 +86,25 @@ def test_batches_are_a_function_of_seed_and_step():
     for s in range(30):
         batch = draw_batch(pool, config, s, (4, 2, 2), 1000)
         assert int(batch.index.max()) < len(pool.groups[batch.k])
+
+
+def test_query_inversion_draws_its_rate_keeps_old_batches_and_inverts_only_the_chosen_queries():
+    pool, plain = fake_pool(), TrainConfig.from_profile("tiny", batch_size=4000)
+    inverting = TrainConfig.from_profile("tiny", batch_size=4000, query_invert_prob=0.3)
+    a, b = (draw_batch(pool, config, 5, (4, 2, 2), 1000) for config in (plain, inverting))
+    assert not a.invert_query.any() and abs(b.invert_query.float().mean() - 0.3) < 0.03
+    for name in ("index", "t", "noise", "drop_prompt", "drop_context"):  # drawn last: the rest of the batch is kept
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    query = torch.rand(3, 3, 8, 8)
+    cond = Conditions(None, None, torch.zeros(3, 1, 4, 8), torch.ones(3, 1, dtype=torch.bool), query)
+    flipped = invert_queries(cond, torch.tensor([True, False, True]))
+    assert torch.equal(flipped.query[1], query[1]) and torch.allclose(flipped.query[[0, 2]], 1 - query[[0, 2]])
+    assert torch.equal(flipped.image_tokens, cond.image_tokens)
+    assert invert_queries(cond, torch.zeros(3, dtype=torch.bool)) is cond
+    with pytest.raises(ValueError, match="probability"):
+        TrainConfig.from_profile("tiny", query_invert_prob=1.5)
+    with pytest.raises(ValueError, match="source maps"):
+        TrainConfig.from_profile("tiny", joint=True, baseline="prompt-diffusion", query_invert_prob=0.5)
 
 
 def test_optimizer_and_rng_states_round_trip():
@@ -277,6 +296,19 @@ def test_min_snr_gamma_flag_reaches_the_run(parts_dir, tmp_path):
                     "--min-snr-gamma", "5"])
     assert summary["config"]["min_snr_gamma"] == 5.0
     assert json.loads((tmp_path / "snr/train_summary.json").read_text())["config"]["min_snr_gamma"] == 5.0
+
+
+def test_inverted_queries_reach_the_adapter_in_training(parts_dir, tmp_path):
+    """--query-invert-prob 1 trains on 1 - query: the first loss is the plain run's (the adapter's zero convolutions
+    hide the query at initialisation), the next ones differ once the adapter has learned from the inverted queries."""
+    losses = {}
+    for prob in ("0", "1"):
+        summary = main(["--profile", "tiny", "--parts", str(parts_dir), "--out", str(tmp_path / prob), "--steps", "3",
+                        "--joint", "--query-invert-prob", prob])
+        assert summary["config"]["query_invert_prob"] == float(prob)
+        losses[prob] = read_log(tmp_path / prob / "train_log.csv")["loss"]
+    assert losses["0"][0] == pytest.approx(losses["1"][0], rel=1e-6)
+    assert not np.allclose(losses["0"][1:], losses["1"][1:], rtol=1e-6, atol=0)
 
 
 def test_gradient_accumulation_gives_the_same_steps(parts_dir, tmp_path):
