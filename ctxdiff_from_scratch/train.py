@@ -39,13 +39,13 @@ Condition dropout, for classifier-free guidance (Sec. 3.3). Each example indepen
 so the prompt is dropped 50% of the time (the paper's rate), the visual context 10%, both together 5% (with these
 defaults the two drops are independent: 0.5 * 0.1 = 0.05). The query is never dropped.
 
-Data and reproducibility. The frozen encoders run once, up front, on a fixed pool of episodes (episode_cache.py).
-Step s's whole global batch -- its k, the pooled episodes, timesteps, noise, drop cases and query inversions -- is
-drawn from a generator seeded with (seed, s) only. So the data position is the step counter, a resumed run sees
-exactly the batches it would have seen, and a run on N processes (or with gradient accumulation) trains on the same
-global batches as one process: each process takes its slice. Checkpoints (safetensors + JSON, never pickle) hold the weights, the EMA weights, the
-optimiser and LR-scheduler state, every process's RNG states and the step; a run killed with SIGKILL and resumed
-with ``--resume`` logs the same losses as one that was never interrupted.
+Data and reproducibility. The frozen encoders run once, up front, on a fixed pool of episodes (episode_cache.py). Step
+s's whole global batch -- its k, the pooled episodes, timesteps, noise, drop cases and query inversions -- is drawn
+from a generator seeded with (seed, s) only. So the data position is the step counter, a resumed run sees exactly the
+batches it would have seen, and a run on N processes (or with gradient accumulation) trains on the same global batches
+as one process: each process takes its slice. Checkpoints (safetensors + JSON, never pickle) hold the weights, the EMA
+weights, the optimiser and LR-scheduler state, every process's RNG states and the step; a run killed with SIGKILL and
+resumed with ``--resume`` logs the same losses as one that was never interrupted.
 """
 from __future__ import annotations
 
