@@ -201,7 +201,8 @@ class TrainConfig:
                              "shows: it needs --tokenizer latents (or frozen+latents), stage 1 or --joint, and "
                              "--world shapes (whose layouts label every pixel).")
         if not 0 <= self.query_invert_prob <= 1:
-            raise ValueError(f"query_invert_prob must be a probability in [0, 1] (0: off), got {self.query_invert_prob}.")
+            raise ValueError(f"query_invert_prob must be a probability in [0, 1] (0: off), got "
+                             f"{self.query_invert_prob}.")
         if self.query_invert_prob and self.baseline:
             raise ValueError("--query-invert-prob inverts the query alone; the Prompt-Diffusion-style baseline also "
                              "reads its examples' source maps, which would keep their polarity: drop one of the two.")
