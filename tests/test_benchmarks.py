@@ -1,11 +1,14 @@
 """The benchmarks' wiring: time-to-quality runs every phase and writes its summary (tiny profiles); the encoder and
-colour-binding probes, the binding regression, the conditional-mean and pool-memorisation probes run and report."""
+colour-binding probes, the binding regression, the conditional-mean, pool-memorisation, polarity
+and k-shot-bounds probes run and report."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,3 +158,36 @@ def test_query_polarity_probe_scores_both_polarities_and_refuses_glyph_models(tm
     refused = subprocess.run([*script, "--checkpoint", "data/checkpoints/glyphs"], capture_output=True, text=True,
                              cwd=ROOT)
     assert refused.returncode != 0 and "reads ShapesWorld models" in refused.stderr
+
+
+def test_k_shot_bounds_scores_every_k_on_the_same_targets(tmp_path):
+    out = tmp_path / "bounds.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "k_shot_bounds.py"), "--episodes", "2",
+                             "--k", "1", "3", "--tasks", "seg2img", "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["split"] == "train" and report["seeds"] == [1_000_000, 1_000_001]
+    for scores in report["results"].values():
+        assert 0 < scores["perfect_binding"] <= scores["palette_only"] < 1 and 0 < scores["flat_oracle_rmse"] < 1
+
+
+def test_k_shot_flat_oracle_paints_each_class_and_the_background_in_their_context_colours():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from k_shot_bounds import flat_oracle_rmse
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    classes = np.full((1, 4, 4), -1, dtype=np.int8)
+    classes[0, :2] = 2  # the context's top half is a shape of class 2, its bottom half background
+    context = torch.zeros(1, 1, 3, 4, 4)
+    context[0, 0, 0, :2] = 1.0  # the shape is red on a black background
+    target_classes = torch.full((1, 4, 4), -1)
+    target_classes[0, :, :1] = 2  # the target's left column is class 2
+    target = torch.zeros(1, 3, 4, 4)
+    target[0, 0, :, :1] = 1.0
+    batch = {"target": target, "context": context, "context_classes": [classes], "target_classes": target_classes,
+             "shape_mask": target_classes >= 0}
+    assert flat_oracle_rmse(batch) == 0.0
+    target[0, 2, :, 1:] = 0.5  # the target's background is blue where the context's was black
+    assert flat_oracle_rmse(batch) == pytest.approx((0.25 * 12 / 48) ** 0.5, abs=1e-4)
