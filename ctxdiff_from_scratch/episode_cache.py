@@ -298,16 +298,18 @@ class PoolRefresher:
 
     Group j (the j-th of ``k_choices``) of n episodes takes its w-th new episode (w = 0, 1, 2, ...) into slot w mod n,
     a window that rotates through the group, and that episode has seed ``FRESH_SEED_BASE + w * len(k_choices) + j``:
-    no seed repeats, in any group. Step s writes w = s * m ... (s + 1) * m - 1. So the pool at any step is a function
-    of the step alone, and :meth:`catch_up` rebuilds it in one pass when a run resumes.
+    no seed repeats, in any group. Step s writes w = w0 + s * m ... w0 + (s + 1) * m - 1, where w0 = ``first_write``
+    is 0 except in a run that continues another (it starts after the other's writes). So the pool at any step is a
+    function of the step alone, and :meth:`catch_up` rebuilds it in one pass when a run resumes.
     """
 
-    def __init__(self, pool: EpisodePool, model: ContextDiffusionModel, world, per_step: int):
+    def __init__(self, pool: EpisodePool, model: ContextDiffusionModel, world, per_step: int, first_write: int = 0):
         smallest = min(len(group) for group in pool.groups.values())
         if not 1 <= per_step <= smallest:
             raise ValueError(f"fresh episodes per step and group must be in [1, {smallest}] (the smallest k group of "
                              f"the pool), got {per_step}.")
         self.pool, self.model, self.world, self.per_step = pool, model, world, per_step
+        self.first_write = first_write
 
     def seed(self, group: int, write: int) -> int:
         return FRESH_SEED_BASE + write * len(self.pool.k_choices) + group
@@ -319,13 +321,13 @@ class PoolRefresher:
 
     def refresh(self, step: int) -> None:
         """Step ``step``'s new episodes: every group's next ``per_step`` slots."""
-        writes = list(range(step * self.per_step, (step + 1) * self.per_step))
+        writes = list(range(self.first_write + step * self.per_step, self.first_write + (step + 1) * self.per_step))
         for group, k in enumerate(self.pool.k_choices):
             self._write(group, k, writes)
 
     def catch_up(self, step: int, progress: bool = True) -> None:
         """Bring a freshly built pool to its state at the start of ``step`` (after the refreshes of steps < step)."""
-        done = step * self.per_step  # writes made into each group so far
+        done = self.first_write + step * self.per_step  # writes made into each group so far
         bar = tqdm(total=sum(min(done, len(g)) for g in self.pool.groups.values()), desc="refreshing the pool",
                    disable=not progress or done == 0)
         for group, k in enumerate(self.pool.k_choices):

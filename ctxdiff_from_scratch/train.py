@@ -4,6 +4,7 @@
     python -m ctxdiff_from_scratch train --world shapes --stage 2 --init runs/shapes-stage1 --out runs/shapes
     python -m ctxdiff_from_scratch train --world shapes --joint --out runs/shapes-joint      # one stage, to compare
     python -m ctxdiff_from_scratch train ... --resume                                       # continue after a crash
+    python -m ctxdiff_from_scratch train ... --warm-start data/checkpoints/shapes            # a finished model, further
     accelerate launch --num_processes 2 -m ctxdiff_from_scratch train ...                    # several GPUs/processes
 
 The objective is paper Eq. 2 with a v-prediction target by default (it learns to read colours from the context far
@@ -113,6 +114,8 @@ class TrainConfig:
     joint: bool = False
     parts: str | None = None      # frozen parts (autoencoder, encoders, tokenizer); default data/checkpoints/<world>
     init: str | None = None       # stage 2: the stage-1 model folder
+    # a finished stage-1 / joint model folder whose denoiser weights start this run (``warm_start_writes``)
+    warm_start: str | None = None
     out: str | None = None        # default runs/<world>-stage<stage> or runs/<world>-joint
     unet_profile: str = "cpu"
     # None: the UNet profile's. Cross-attention at the 8x8 level too, (True, True, True) with head_dim 16, is what
@@ -182,6 +185,9 @@ class TrainConfig:
         if self.stage == 2 and not self.init:
             raise ValueError("stage 2 starts from a trained stage-1 model: pass --init FOLDER (the --out of a "
                              "stage-1 run).")
+        if self.warm_start and (self.stage != 1 or self.baseline):
+            raise ValueError("--warm-start continues a finished stage-1 or joint Context Diffusion model with new "
+                             "options; stage 2 starts from --init, and the baseline has no warm start.")
         if self.combine is not None and self.combine not in COMBINE_MODES:
             raise ValueError(f"unknown combine mode {self.combine!r}; choose one of {COMBINE_MODES}.")
         if self.baseline not in (None, "prompt-diffusion"):
@@ -474,6 +480,33 @@ def build_model(config: TrainConfig) -> ContextDiffusionModel:
     return model
 
 
+def load_warm_start(model: ContextDiffusionModel, folder: Path) -> None:
+    """Put the denoiser weights of the finished model in ``folder`` into ``model`` (its optimiser, LR schedule and EMA
+    then start afresh); the two must have the same architecture."""
+    state_dict, saved_config, _ = load_part(folder, "denoiser")
+    ours = json.loads(json.dumps(model.config.to_dict()))  # tuples as the saved file's lists
+    differ = sorted(key for key in set(ours) | set(saved_config) if ours.get(key) != saved_config.get(key))
+    if differ:
+        raise ValueError(f"--warm-start {folder}: its denoiser differs from this run's in {differ}; give this run the "
+                         "architecture options of the model's training command (its train_summary.json).")
+    model.denoiser.load_state_dict(state_dict)
+
+
+def warm_start_writes(folder: Path, config: TrainConfig) -> int:
+    """The first fresh-episode write of a run warm-started from ``folder``: the one after its parent's last, so the
+    continued run never sees an episode its parent was trained on (``PoolRefresher``'s seeds follow the write)."""
+    summary_path = folder / SUMMARY_NAME
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"--warm-start {folder} has no {SUMMARY_NAME}: the folder must be the output of a "
+                                "finished training run (or a shipped model folder that keeps it).")
+    parent = json.loads(summary_path.read_text())
+    parent_k = tuple(parent["config"]["k_choices"])
+    if parent_k != config.k_choices:
+        raise ValueError(f"--warm-start {folder} was trained with --k {' '.join(map(str, parent_k))}; keep the same "
+                         "context sizes, so the fresh episodes' seeds stay distinct from its own.")
+    return parent.get("fresh_first_write", 0) + parent["fresh_episodes"] // len(parent_k)
+
+
 def make_optimizer(denoiser: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW on the trainable parameters; weight decay on matrices and conv kernels only (not biases, norms).
 
@@ -626,6 +659,8 @@ class Trainer:
 
         seed_everything(config.seed)
         self.model = build_model(config).to(self.device)
+        if config.warm_start and resume_from is None:  # a resumed run's checkpoint holds newer weights
+            load_warm_start(self.model, Path(config.warm_start))
         self.model.train()
         # channels_last: faster denoiser steps on a CPU (benchmarks/denoiser_throughput.py); the
         # checkpoints are written contiguous, so loading them does not depend on it
@@ -641,7 +676,8 @@ class Trainer:
         if cache and self.is_main:
             self.accelerator.wait_for_everyone()
         self.pool_seconds = time.perf_counter() - start
-        self.refresher = (PoolRefresher(self.pool, self.model, self.world, config.fresh_per_step)
+        self.first_write = warm_start_writes(Path(config.warm_start), config) if config.warm_start else 0
+        self.refresher = (PoolRefresher(self.pool, self.model, self.world, config.fresh_per_step, self.first_write)
                           if config.fresh_per_step else None)
         self.probe = self._build_probe() if config.probe_every and self.is_main else None
 
@@ -789,6 +825,7 @@ class Trainer:
             "pool_seconds": round(self.pool_seconds, 1), "pool_episodes": len(self.pool),
             "pool_megabytes": round(self.pool.nbytes() / 2**20, 1),
             "fresh_episodes": self.step * self.config.fresh_per_step * len(self.config.k_choices),
+            "fresh_first_write": self.first_write,
             "parameters": {"trainable": sum(p.numel() for p in self.trainable),
                            "denoiser": sum(p.numel() for p in self.denoiser.parameters())},
             "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
@@ -959,6 +996,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--joint", action="store_true", default=None, help="train base and adapter together from scratch")
     add("--parts", default=None, help="folder with the frozen parts (default: data/checkpoints/<world>)")
     add("--init", default=None, help="stage 2: the stage-1 model folder")
+    add("--warm-start", default=None,
+        help="start from the denoiser weights of this finished stage-1 or joint model folder (same architecture "
+             "options; fresh optimiser, LR schedule and EMA; fresh episodes continue after the model's own)")
     add("--out", default=None, help="output folder (default: runs/<world>-stage<stage> or runs/<world>-joint)")
     add("--unet-profile", choices=sorted(UNET_PROFILES), default=None, help="UNet size (default: the profile's)")
     add("--attention-levels", type=int, nargs="+", choices=(0, 1), default=None,

@@ -2,13 +2,15 @@
 that shows memorising (pooled against unseen episodes) while a run trains."""
 import json
 
+import pytest
 import torch
 from test_train import parts_dir, tiny  # noqa: F401  (a fixture and a helper shared with the training tests)
 
 from ctxdiff_from_scratch.data import ShapesWorld
 from ctxdiff_from_scratch.episode_cache import FRESH_SEED_BASE, EpisodePool, PoolRefresher, encode_episodes
+from ctxdiff_from_scratch.model import ContextDiffusionModel
 from ctxdiff_from_scratch.runlog import read_log
-from ctxdiff_from_scratch.train import build_model, train
+from ctxdiff_from_scratch.train import build_model, load_warm_start, train, warm_start_writes
 
 
 def pool_tensors(pool: EpisodePool) -> dict:
@@ -34,6 +36,11 @@ def test_refresher_rotates_never_seen_episodes_and_catches_up_in_one_pass(parts_
     # slot 2 of group 1 (k = 2) last took write 14, i.e. the episode of seed FRESH_SEED_BASE + 14 * 2 + 1
     expected = encode_episodes(model, world, [FRESH_SEED_BASE + 14 * 2 + 1], k=2)
     assert torch.equal(stepped.groups[2].latents[2], expected.latents[0])
+    # a run that continues another starts after its writes: at its step 0 the pool is the other's after 20 writes
+    continued = build()
+    PoolRefresher(continued, model, world, per_step=4, first_write=20).catch_up(0, progress=False)
+    for key, value in pool_tensors(continued).items():
+        assert torch.equal(value, after[key]), key
     seeds = {refresher.seed(group, write) for group in range(2) for write in range(1000)}
     assert len(seeds) == 2000 and min(seeds) >= FRESH_SEED_BASE, "no seed repeats, none in the pool's range"
 
@@ -79,3 +86,30 @@ def test_the_probe_leaves_training_unchanged(parts_dir, tmp_path):  # noqa: F811
     assert "probe" not in without and not (tmp_path / "plain/probe_log.csv").exists()
     assert len(read_log(tmp_path / "probe/probe_log.csv")["step"]) == 4
     assert json.loads((tmp_path / "probe/train_summary.json").read_text())["probe"]["step"] == 4
+
+
+def test_a_warm_start_begins_at_its_parents_weights_and_draws_only_episodes_the_parent_never_saw(
+        parts_dir, tmp_path):  # noqa: F811
+    pool = dict(pool_size=12, fresh_per_step=2)
+    parent = tmp_path / "parent"
+    train(tiny(parts_dir, parent, steps=3, **pool))
+    child = tiny(parts_dir, tmp_path / "child", steps=2, warm_start=str(parent), query_invert_prob=0.5, **pool)
+    model = build_model(child)
+    load_warm_start(model, parent)
+    trained = ContextDiffusionModel.from_pretrained(parent).denoiser.state_dict()
+    assert all(torch.equal(value, trained[name]) for name, value in model.denoiser.state_dict().items())
+    assert warm_start_writes(parent, child) == 3 * 2  # the parent's 3 steps x 2 writes per group
+
+    # trained with a negligible learning rate, the continued run ends where its parent did; its own writes follow
+    summary = train(tiny(parts_dir, tmp_path / "child", steps=2, warm_start=str(parent), lr=1e-12, **pool))
+    assert summary["fresh_first_write"] == 6
+    continued = ContextDiffusionModel.from_pretrained(tmp_path / "child").denoiser.state_dict()
+    assert all(torch.allclose(value, trained[name], atol=1e-6) for name, value in continued.items())
+    assert warm_start_writes(tmp_path / "child", child) == 6 + 2 * 2
+
+    with pytest.raises(ValueError, match="differs from this run's in \\['context'\\]"):
+        load_warm_start(build_model(tiny(parts_dir, tmp_path / "other", combine="concat")), parent)
+    with pytest.raises(ValueError, match="--k 1 2 3"):
+        warm_start_writes(parent, tiny(parts_dir, tmp_path / "other", k_choices=(1, 2)))
+    with pytest.raises(ValueError, match="stage 2 starts from --init"):
+        tiny(parts_dir, tmp_path / "other", stage=2, init=str(parent), warm_start=str(parent))
