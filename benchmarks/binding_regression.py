@@ -152,8 +152,9 @@ def build_batch(world: ShapesWorld, model: ContextDiffusionModel, parts: FrozenP
     return batch
 
 
-def hand_made_bounds(batch: dict) -> dict:
-    """Shape-pixel MSE of "palette only" and "perfect binding" (flat colours) on the batch's episodes."""
+def flat_answers(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "palette only" and "perfect binding" images, (B, 3, H, W) each: every target shape painted in the mean colour
+    of the context's shapes, or of its own class's pixels in the context; the target's own pixels elsewhere."""
     target, mask = batch["target"], batch["shape_mask"]
     palette_pred, binding_pred = target.clone(), target.clone()
     for i, (context, classes) in enumerate(zip(batch["context"], batch["context_classes"])):
@@ -166,6 +167,13 @@ def hand_made_bounds(batch: dict) -> dict:
             pixels = torch.cat([image[:, c == cls] for image, c in zip(context, classes)], dim=1)
             colour = pixels.mean(dim=1) if pixels.shape[1] else palette
             binding_pred[i][:, target_classes == cls] = colour[:, None]
+    return palette_pred, binding_pred
+
+
+def hand_made_bounds(batch: dict) -> dict:
+    """Shape-pixel MSE of "palette only" and "perfect binding" (``flat_answers``) on the batch's episodes."""
+    target, mask = batch["target"], batch["shape_mask"]
+    palette_pred, binding_pred = flat_answers(batch)
     scores = {}
     for name, pred in (("palette_only", palette_pred), ("perfect_binding", binding_pred)):
         errors, counts = shape_pixel_errors(pred, target, mask)

@@ -6,7 +6,7 @@ they show every shape class of the target (context i shows classes i, i + k, i +
 image at k = 1 shows them all, three images at k = 3 show them spread out, with more random other shapes around.
 
 This script measures the information, not a model. For each k it scores, on the same targets, hand-made answers
-that read the context perfectly (``binding_regression.hand_made_bounds``; flat colours):
+that read the context perfectly (``binding_regression.flat_answers``; flat colours):
 
 * **palette only**: every shape painted with the mean colour of the context's shapes (shape-pixel MSE);
 * **perfect binding**: each shape painted with the mean colour of its own class in the context (shape-pixel MSE);
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from binding_regression import hand_made_bounds
+from binding_regression import flat_answers, hand_made_bounds
 from ctxdiff_from_scratch.data.shapes import FORWARD_TASKS, ShapesWorld
 from ctxdiff_from_scratch.data.shapes_layout import rasterize
 from ctxdiff_from_scratch.tune_guidance import UNSEEN_FIRST_SEED  # unseen train episodes
@@ -50,19 +50,13 @@ def labelled_batch(world: ShapesWorld, seeds: list[int], task: str, k: int) -> d
 
 
 def flat_oracle_rmse(batch: dict) -> float:
-    """RMSE of painting each target shape in its class's mean context colour and the rest in the context background's."""
+    """RMSE of painting each target shape in its class's mean context colour, the rest in the context's background."""
     target, mask = batch["target"], batch["shape_mask"]
-    pred = target.clone()
+    pred = flat_answers(batch)[1]  # perfect binding on the shapes
     for i, (context, classes) in enumerate(zip(batch["context"], batch["context_classes"])):
         labels = torch.from_numpy(classes.astype(np.int64))  # (k, H, W)
-        context_pixels = context.permute(1, 0, 2, 3)  # (k, 3, H, W) -> (3, k, H, W)
-        shape_pixels = context_pixels[:, labels >= 0]  # (3, P)
-        background = context_pixels[:, labels < 0].mean(dim=1)  # (3,)
+        background = context.permute(1, 0, 2, 3)[:, labels < 0].mean(dim=1)  # (k, 3, H, W) -> (3, k, H, W) -> (3,)
         pred[i][:, ~mask[i]] = background[:, None]
-        for cls in batch["target_classes"][i][mask[i]].unique():
-            pixels = context_pixels[:, labels == cls]  # (3, P_cls)
-            colour = pixels.mean(dim=1) if pixels.shape[1] else shape_pixels.mean(dim=1)
-            pred[i][:, batch["target_classes"][i] == cls] = colour[:, None]
     per_image = (pred - target).pow(2).flatten(1).mean(dim=1)  # (B, 3, H, W) -> (B,)
     return round(per_image.mean().sqrt().item(), 4)
 
@@ -93,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.split}, {args.episodes} episodes x {len(args.tasks)} forward tasks; shape-pixel MSE and flat RMSE")
     print("k   palette only   perfect binding   flat oracle RMSE")
     for k, scores in results.items():
-        print(f"{k:<3} {scores['palette_only']:<14.4f} {scores['perfect_binding']:<17.4f} {scores['flat_oracle_rmse']:.4f}")
+        print(f"{k:<3} {scores['palette_only']:<14.4f} {scores['perfect_binding']:<17.4f} "
+              f"{scores['flat_oracle_rmse']:.4f}")
     if args.out:
         args.out.write_text(json.dumps({"split": args.split, "seeds": [seeds[0], seeds[-1]], "tasks": args.tasks,
                                         "results": results}, indent=2) + "\n")
