@@ -676,7 +676,10 @@ class Trainer:
         if cache and self.is_main:
             self.accelerator.wait_for_everyone()
         self.pool_seconds = time.perf_counter() - start
-        self.first_write = warm_start_writes(Path(config.warm_start), config) if config.warm_start else 0
+        # a resumed run keeps its own record: the warm-start folder may since hold another model
+        self.first_write = (json.loads((resume_from / "trainer_state.json").read_text()).get("fresh_first_write", 0)
+                            if resume_from is not None else
+                            warm_start_writes(Path(config.warm_start), config) if config.warm_start else 0)
         self.refresher = (PoolRefresher(self.pool, self.model, self.world, config.fresh_per_step, self.first_write)
                           if config.fresh_per_step else None)
         self.probe = self._build_probe() if config.probe_every and self.is_main else None
@@ -871,7 +874,7 @@ class Trainer:
             _save_tensors_json(tmp, "optimizer", *flatten_optimizer_state(self.optimizer.state_dict()))
             state = {"step": self.step, "elapsed_seconds": self.elapsed_now(), "interval": self.interval,
                      "scheduler": self.scheduler.state_dict(), "config": config_to_dict(self.config),
-                     "processes": self.world_size}
+                     "processes": self.world_size, "fresh_first_write": self.first_write}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
         self.accelerator.wait_for_everyone()
         _save_tensors_json(tmp, f"rng_{self.rank}", *rng_state())

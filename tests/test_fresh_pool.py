@@ -113,3 +113,9 @@ def test_a_warm_start_begins_at_its_parents_weights_and_draws_only_episodes_the_
         warm_start_writes(parent, tiny(parts_dir, tmp_path / "other", k_choices=(1, 2)))
     with pytest.raises(ValueError, match="stage 2 starts from --init"):
         tiny(parts_dir, tmp_path / "other", stage=2, init=str(parent), warm_start=str(parent))
+
+    # resumed, a continued run keeps the writes it started with, even when its parent's folder has changed since
+    train(tiny(parts_dir, tmp_path / "resumed", steps=2, warm_start=str(parent), checkpoint_every=1, **pool))
+    (parent / "train_summary.json").unlink()
+    resumed = train(tiny(parts_dir, tmp_path / "resumed", steps=3, warm_start=str(parent), **pool), resume=True)
+    assert resumed["steps"] == 3 and resumed["fresh_first_write"] == 6
